@@ -1,0 +1,1 @@
+"""genbench harness: data, the one training loop, evaluation, results and reports."""

@@ -1,0 +1,242 @@
+"""`bench`: the command line. Usage errors exit 2, runtime errors exit 1, both as one line;
+`bench --debug ...` (or GENBENCH_DEBUG=1) shows the traceback instead."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from bench.errors import UserError
+from models.base import ALIASES, MODELS, PROFILE_NAMES, model_names
+
+
+class _Group(click.Group):
+    """Turns a UserError into click's one-line error (exit 1) unless --debug."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--debug", is_flag=True, envvar="GENBENCH_DEBUG", help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """genbench: train and compare generative image models on MNIST under one protocol."""
+    ctx.obj = {"debug": debug}
+
+
+def _parse_models(ctx, param, value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [n for n in names if n not in MODELS and n not in ALIASES]
+    if unknown or not names:
+        raise click.BadParameter(
+            f"unknown model {', '.join(unknown) or repr(value)}; choose from "
+            f"{', '.join(model_names())} (comma-separated)"
+        )
+    canonical = [ALIASES.get(n, n) for n in names]
+    return tuple(dict.fromkeys(canonical))  # "flow,realnvp" is one model
+
+
+def _parse_seeds(ctx, param, value: str | None) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    try:
+        seeds = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 0,1,2") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise click.BadParameter(f"{value!r}: seeds are non-negative integers, e.g. 0,1,2")
+    return tuple(dict.fromkeys(seeds))
+
+
+@cli.command()
+@click.option(
+    "--models",
+    callback=_parse_models,
+    metavar="NAMES",
+    help=f"Comma-separated model names: {', '.join(model_names())}.",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(PROFILE_NAMES),
+    default=None,
+    help="Named preset: smoke (seconds, tests), quick (2 CPU cores), full (GPU).  [default: quick]",
+)
+@click.option("--seeds", callback=_parse_seeds, metavar="0,1,2", help="Comma-separated seeds.  [default: 0]")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results"),
+    help="Folder for run folders.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder holding MNIST/raw/ (else $GENBENCH_DATA, else ./data; downloaded when missing).",
+)
+@click.option("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps", help="Training device.")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default="auto",
+    help="Training precision; auto = bf16 on CUDA, fp32 elsewhere. Evaluation is always fp32.",
+)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model's networks.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the profile's epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Override the batch size.")
+@click.option(
+    "--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the learning rate."
+)
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
+@click.option(
+    "--n-samples",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Override the number of generated samples for sample-quality metrics.",
+)
+@click.option("--iwae-k", type=click.IntRange(min=1), default=None, help="Override the IWAE sample count k.")
+@click.option("--name", default=None, help="Run-id suffix instead of a timestamp.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder of the same id.")
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="RUN_DIR",
+    help="Continue a stopped run from its last checkpoint.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Cache for real-data feature statistics.  [default: OUT/.cache]",
+)
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config of each run as JSON and exit.")
+def run(
+    models,
+    profile,
+    seeds,
+    out,
+    data_dir,
+    device,
+    precision,
+    compile_,
+    epochs,
+    batch_size,
+    lr,
+    max_steps,
+    n_samples,
+    iwae_k,
+    name,
+    overwrite,
+    resume,
+    cache_dir,
+    progress,
+    dry_run,
+) -> None:
+    """Train and evaluate models; one run folder per (model, seed) under OUT."""
+    import torch
+
+    from bench import run as runs
+    from bench.data import load_mnist
+    from bench.train import RunOptions, resolve_device
+
+    train_overrides = {
+        k: v
+        for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_steps": max_steps}.items()
+        if v is not None
+    }
+    eval_overrides = {k: v for k, v in {"n_samples": n_samples, "iwae_k": iwae_k}.items() if v is not None}
+    device_ = resolve_device(device)
+    options = RunOptions(
+        device=device_,
+        compile=compile_,
+        progress=progress,
+        precision=("bf16" if device_.type == "cuda" else "fp32") if precision == "auto" else precision,
+    )
+
+    if resume is not None:
+        given = [
+            flag
+            for flag, v in (
+                ("--models", models),
+                ("--profile", profile),
+                ("--seeds", seeds),
+                ("--name", name),
+                ("--overwrite", overwrite),
+            )
+            if v
+        ]
+        given += [f"--{k.replace('_', '-')}" for k in {**train_overrides, **eval_overrides}]
+        if given:
+            raise click.UsageError(f"--resume continues a run with its own config; drop {', '.join(given)}")
+        config, plan = runs.read_run(resume)
+        targets = [(plan, resume)]
+    else:
+        plans = [
+            runs.plan(m, profile or "quick", s, train_overrides, eval_overrides)
+            for m in (models or ("vae",))
+            for s in (seeds or (0,))
+        ]
+        targets = [(p, None) for p in plans]
+    if dry_run:
+        click.echo(json.dumps([runs.describe(p, options) for p, _ in targets], indent=2))
+        return
+
+    if device_.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    data = load_mnist(data_dir, device=device_)
+    cache = cache_dir or (resume.parent if resume is not None else out) / ".cache"
+    failures = []
+    for plan, run_dir in targets:
+        run_dir = run_dir or runs.start(plan, options, out, name, overwrite)
+        click.echo(f"{plan.model} seed {plan.seed} ({plan.profile}) on {device_} -> {run_dir}", err=True)
+        try:
+            report = runs.execute(run_dir, data, options, resume=run_dir == resume, cache_dir=cache)
+        except UserError as exc:
+            if isinstance(exc, runs.TrainingInterrupted) or len(targets) == 1:
+                raise
+            failures.append(f"{run_dir.name}: {exc}")  # one diverged model does not stop the others
+            click.echo(f"error: {exc}", err=True)
+            continue
+        click.echo(runs.summary_line(report))
+    if failures:
+        raise UserError(f"{len(failures)} of {len(targets)} runs failed: " + "; ".join(failures))
+
+
+@cli.command("list")
+def list_() -> None:
+    """Models, their capabilities and profiles; metrics and what they need."""
+    from metrics import METRICS
+
+    click.echo("models:")
+    for name, cls in sorted(MODELS.items()):
+        aliases = [a for a, target in ALIASES.items() if target == name]
+        click.echo(
+            f"  {name:<10} likelihood={cls.likelihood or 'none':<6} reconstruct={str(cls.can_reconstruct):<5}"
+            f" profiles={','.join(cls.profiles)}" + (f" aliases={','.join(aliases)}" if aliases else "")
+        )
+    click.echo("metrics:")
+    for metric in METRICS.values():
+        needs = ",".join(sorted(metric.needs)) or "-"
+        click.echo(f"  {metric.name:<18} needs={needs:<12} -> {', '.join(o.key for o in metric.outputs)}")
+
+
+def main() -> None:
+    cli(prog_name="bench", auto_envvar_prefix=None)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,5 @@
+"""Errors a user can act on. The CLI prints them as one line, without a traceback."""
+
+
+class UserError(Exception):
+    """A runtime problem the user can fix (missing data, bad checkpoint...). Exit status 1."""

@@ -1,0 +1,76 @@
+"""Evaluation: run every registered metric a model supports, record "n/a" with the reason for the
+rest, and write the sample artifacts. Evaluation runs in fp32 whatever the training precision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.data import MNIST
+from bench.results import save_image_grid, save_torch
+from metrics import METRICS, EvalContext, Value, missing_capability
+from metrics.base import EvalConfig
+from models.base import GenerativeModel
+
+
+def _entry(output, value: Value) -> dict[str, Any]:
+    entry = {
+        "value": value.value,
+        "label": output.label,
+        "unit": output.unit,
+        "higher_is_better": output.higher_is_better,
+        "protocol": value.protocol,
+    }
+    if value.value is None:
+        entry["na"] = value.na or "not computed"
+    return entry
+
+
+def evaluate(
+    model: GenerativeModel,
+    data: MNIST,
+    config: EvalConfig,
+    device: torch.device,
+    seed: int,
+    train_summary: dict[str, Any] | None = None,
+    run_dir: Path | None = None,
+    cache_dir: Path | None = None,
+) -> dict[str, dict[str, Any]]:
+    """{metric key: entry} for every output of every registered metric (see .notes in README)."""
+    model.eval()
+    torch.manual_seed(seed)  # dequantization and posterior noise are part of the protocol
+    ctx = EvalContext(
+        model=model,
+        data=data,
+        config=config,
+        device=device,
+        seed=seed,
+        run_dir=run_dir,
+        cache_dir=cache_dir,
+        train_summary=dict(train_summary or {}),
+    )
+    entries: dict[str, dict[str, Any]] = {}
+    for metric in METRICS.values():
+        reason = missing_capability(model, metric.needs)
+        values = {o.key: Value(None, na=reason) for o in metric.outputs} if reason else metric.compute(ctx)
+        for output in metric.outputs:
+            if output.key not in values:
+                raise RuntimeError(f"metric {metric.name!r} did not return {output.key!r}")
+            entries[output.key] = _entry(output, values[output.key])
+    if run_dir is not None:
+        write_sample_artifacts(model, ctx, run_dir)
+    return entries
+
+
+def write_sample_artifacts(model: GenerativeModel, ctx: EvalContext, run_dir: Path) -> None:
+    grid = ctx.samples()[:64]  # (<=64, C, H, W) uint8, the first of the evaluated samples
+    save_image_grid(run_dir / "samples.png", grid)
+    save_torch(run_dir / "samples.pt", grid.clone())
+    interpolate = getattr(model, "latent_interpolation", None)
+    if interpolate is not None:
+        generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 1)
+        with torch.inference_mode():
+            strips = interpolate(8, 10, generator=generator).cpu()  # (8, 10, C, H, W)
+        save_image_grid(run_dir / "interpolation.png", strips.flatten(0, 1), nrow=strips.shape[1])

@@ -1,0 +1,150 @@
+"""Run folders and atomic writes: every file appears whole or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import io
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.errors import UserError
+
+STATUSES = ("running", "interrupted", "failed", "done")
+
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except PermissionError:
+        raise UserError(
+            f"cannot write to {path.parent}: permission denied; pass --out to a writable folder"
+        ) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # JSON has no NaN; a non-finite number is recorded as missing
+    if isinstance(obj, (Path, torch.device, torch.dtype)):
+        return str(obj)
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    _atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n").encode())
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode())
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _atomic_write_bytes(path, buffer.getvalue())
+
+
+def save_image_grid(path: Path, images: torch.Tensor, nrow: int = 8) -> None:
+    """uint8 (N, C, H, W) -> PNG grid."""
+    from torchvision.io import encode_png
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=128)  # (C, H', W') uint8
+    _atomic_write_bytes(path, encode_png(grid).numpy().tobytes())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON (line {exc.lineno}): fix or delete it") from None
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def make_run_id(model: str, profile: str, seed: int, name: str | None = None) -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{model}-{profile}-s{seed}-{name or stamp}"
+
+
+def create_run_dir(out: Path, run_id: str, overwrite: bool = False) -> Path:
+    """A new, empty run folder. An existing one is an error unless ``overwrite``."""
+    run_dir = Path(out) / run_id
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        if run_dir.exists():
+            if not overwrite:
+                raise UserError(f"run folder {run_dir} exists; pick another --name, or pass --overwrite")
+            import shutil
+
+            shutil.rmtree(run_dir)
+        run_dir.mkdir()
+        (run_dir / "checkpoints").mkdir()
+    except PermissionError:
+        raise UserError(
+            f"cannot write to {out}: permission denied; pass --out to a writable folder"
+        ) from None
+    return run_dir
+
+
+def set_status(run_dir: Path, status: str, reason: str | None = None) -> None:
+    if status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    write_json(Path(run_dir) / "status.json", {"status": status, "reason": reason, "updated": now_iso()})
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("torch", "torchvision", "torch-fidelity", "genbench"):
+        try:
+            found[package.replace("-", "_")] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package.replace("-", "_")] = None
+    return found
