@@ -149,7 +149,7 @@ def run(
     import torch
 
     from bench import run as runs
-    from bench.data import load_mnist
+    from bench.data import load_mnist, resolve_data_dir
     from bench.train import RunOptions, resolve_device
 
     train_overrides = {
@@ -183,6 +183,8 @@ def run(
             raise click.UsageError(f"--resume continues a run with its own config; drop {', '.join(given)}")
         config, plan = runs.read_run(resume)
         targets = [(plan, resume)]
+        if data_dir is None and config.get("data_dir") and Path(config["data_dir"]).is_dir():
+            data_dir = Path(config["data_dir"])
     else:
         plans = [
             runs.plan(m, profile or "quick", s, train_overrides, eval_overrides)
@@ -200,7 +202,9 @@ def run(
     cache = cache_dir or (resume.parent if resume is not None else out) / ".cache"
     failures = []
     for plan, run_dir in targets:
-        run_dir = run_dir or runs.start(plan, options, out, name, overwrite)
+        run_dir = run_dir or runs.start(
+            plan, options, out, name, overwrite, data_dir=resolve_data_dir(data_dir)
+        )
         click.echo(f"{plan.model} seed {plan.seed} ({plan.profile}) on {device_} -> {run_dir}", err=True)
         try:
             report = runs.execute(run_dir, data, options, resume=run_dir == resume, cache_dir=cache)

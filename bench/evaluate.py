@@ -40,7 +40,6 @@ def evaluate(
 ) -> dict[str, dict[str, Any]]:
     """{metric key: entry} for every output of every registered metric (see .notes in README)."""
     model.eval()
-    torch.manual_seed(seed)  # dequantization and posterior noise are part of the protocol
     ctx = EvalContext(
         model=model,
         data=data,
@@ -53,6 +52,9 @@ def evaluate(
     )
     entries: dict[str, dict[str, Any]] = {}
     for metric in METRICS.values():
+        # Each metric starts from the same seed, so its noise (dequantization, posterior samples) does
+        # not depend on which metrics ran before it or on what a cache saved them from computing.
+        torch.manual_seed(seed)
         reason = missing_capability(model, metric.needs)
         values = {o.key: Value(None, na=reason) for o in metric.outputs} if reason else metric.compute(ctx)
         for output in metric.outputs:

@@ -73,11 +73,14 @@ def save_torch(path: Path, obj: Any) -> None:
 
 def save_image_grid(path: Path, images: torch.Tensor, nrow: int = 8) -> None:
     """uint8 (N, C, H, W) -> PNG grid."""
-    from torchvision.io import encode_png
+    from PIL import Image
     from torchvision.utils import make_grid
 
-    grid = make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=128)  # (C, H', W') uint8
-    _atomic_write_bytes(path, encode_png(grid).numpy().tobytes())
+    grid = make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=128)  # (3, H', W') uint8
+    pixels = grid[0] if images.shape[1] == 1 else grid.permute(1, 2, 0)  # grey or RGB
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.numpy()).save(buffer, format="PNG")
+    _atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_json(path: Path) -> Any:

@@ -135,9 +135,15 @@ def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def start(
-    plan: RunPlan, options: RunOptions, out: Path, name: str | None = None, overwrite: bool = False
+    plan: RunPlan,
+    options: RunOptions,
+    out: Path,
+    name: str | None = None,
+    overwrite: bool = False,
+    data_dir: Path | None = None,
 ) -> Path:
-    """Create the run folder and its config.json; the run itself is ``execute``."""
+    """Create the run folder and its config.json; the run itself is ``execute``. ``data_dir`` is
+    remembered so that --resume finds the same data without being told again."""
     run_id = results.make_run_id(plan.model, plan.profile, plan.seed, name)
     run_dir = results.create_run_dir(out, run_id, overwrite)
     config = {
@@ -145,6 +151,7 @@ def start(
         **describe(plan, options),
         "created": results.now_iso(),
         "git_commit": results.git_commit(),
+        "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
         "versions": results.versions(),
         "command": sys.argv,
     }

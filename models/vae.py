@@ -127,6 +127,10 @@ class VAE(GenerativeModel):
             nn.ReLU(),  # (B, c1, H, W)
             nn.Conv2d(c1, 2, 1),  # (B, 2, H, W): logistic mean and log-scale per pixel
         )
+        # Start the decoder wide (scale ~20 intensity levels): a narrow logistic far from the data
+        # gives huge gradients in the first steps that blow up the encoder (KL in the thousands).
+        with torch.no_grad():
+            self.decoder_conv[-1].bias[1] = 3.0
         self.register_buffer("intensities", torch.arange(config.levels, dtype=torch.float32))
 
     # --- the model's parts --------------------------------------------------------------------

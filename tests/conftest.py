@@ -1,0 +1,51 @@
+"""Shared fixtures: fake MNIST-shaped data for unit tests, the real MNIST copy where a test is about it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.data import MNIST, MNIST_FILES, raw_dir, resolve_data_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir() -> Path | None:
+    """$GENBENCH_DATA, else ../shared/data beside the checkout, when it holds the MNIST files."""
+    for candidate in (os.environ.get("GENBENCH_DATA"), REPO.parent / "shared" / "data", resolve_data_dir()):
+        if candidate and (raw_dir(Path(candidate)) / next(iter(MNIST_FILES))).exists():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    found = real_data_dir()
+    if found is None:
+        pytest.skip("real MNIST not found: set GENBENCH_DATA to a folder holding MNIST/raw/")
+    return found
+
+
+def fake_mnist(n_train: int = 256, n_val: int = 64, n_test: int = 64, size: int = 28, seed: int = 0) -> MNIST:
+    """Blobby uint8 images shaped like MNIST (dark background, bright strokes), with labels."""
+    g = torch.Generator().manual_seed(seed)
+
+    def images(n: int) -> torch.Tensor:
+        low = torch.rand(n, 1, 7, 7, generator=g)
+        up = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+        return ((up > 0.6).float() * 255).to(torch.uint8)  # (n, 1, size, size)
+
+    def labels(n: int) -> torch.Tensor:
+        return torch.randint(0, 10, (n,), generator=g)
+
+    return MNIST(
+        images(n_train), images(n_val), images(n_test), labels(n_train), labels(n_val), labels(n_test)
+    )
+
+
+@pytest.fixture
+def fake_data() -> MNIST:
+    return fake_mnist()
