@@ -1,0 +1,135 @@
+"""The `mnist` feature network: committed weights and checksum, training, the torch-fidelity extractor."""
+
+from __future__ import annotations
+
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from bench.errors import UserError
+from metrics import features
+from metrics.features import (
+    EXTRACTOR_NAME,
+    FEATURE_DIM,
+    WEIGHTS_PATH,
+    MnistClassifier,
+    MnistFeatureExtractor,
+    file_sha256,
+    load_classifier,
+    save_weights,
+    sha256_path,
+    train_classifier,
+)
+
+
+def blobs(n: int, seed: int) -> torch.Tensor:
+    """Digit-sized Gaussian blobs, uint8 (n, 1, 28, 28): varied, cheap stand-ins for images."""
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.arange(28.0)
+    centres = 6 + 16 * torch.rand(n, 3, 2, generator=g)  # (n, 3 blobs, (y, x))
+    widths = 1.5 + 2.5 * torch.rand(n, 3, 1, 1, generator=g)
+    dy = grid[None, None, :, None] - centres[..., 0, None, None]  # (n, 3, 28, 1)
+    dx = grid[None, None, None, :] - centres[..., 1, None, None]  # (n, 3, 1, 28)
+    img = torch.exp(-(dy**2 + dx**2) / (2 * widths**2)).sum(dim=1, keepdim=True)  # (n, 1, 28, 28)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def test_committed_weights_match_their_checksum_and_load():
+    assert WEIGHTS_PATH.is_file() and sha256_path(WEIGHTS_PATH).is_file()
+    committed = sha256_path(WEIGHTS_PATH).read_text().split()
+    assert committed == [file_sha256(WEIGHTS_PATH), WEIGHTS_PATH.name]  # sha256sum format
+    assert features.verified_sha256(WEIGHTS_PATH) == committed[0]
+    model = load_classifier()
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    feats, logits = model(features.to_grey_unit(blobs(4, 0)))
+    assert feats.shape == (4, FEATURE_DIM) and logits.shape == (4, 10)
+    assert (feats >= 0).all()  # post-ReLU penultimate layer
+
+
+def test_corrupted_weights_raise_checksum_error(tmp_path):
+    weights = tmp_path / WEIGHTS_PATH.name
+    shutil.copy(WEIGHTS_PATH, weights)
+    shutil.copy(sha256_path(WEIGHTS_PATH), sha256_path(weights))
+    load_classifier(weights)  # an intact copy loads
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"checksum mismatch.*bench train-classifier"):
+        load_classifier(weights)
+    # torch-fidelity builds the extractor through the same check
+    with pytest.raises(UserError, match="checksum mismatch"):
+        MnistFeatureExtractor(EXTRACTOR_NAME, ["128"], feature_extractor_weights_path=str(weights))
+
+
+def test_missing_weights_or_checksum_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="weights missing"):
+        load_classifier(tmp_path / "absent.pt")
+    weights = tmp_path / "w.pt"
+    shutil.copy(WEIGHTS_PATH, weights)
+    with pytest.raises(UserError, match="checksum file missing"):
+        load_classifier(weights)
+
+
+def test_save_weights_round_trip_is_atomic_and_exact(tmp_path):
+    torch.manual_seed(0)
+    model = MnistClassifier().eval()
+    path = tmp_path / "sub" / "net.pt"
+    sha = save_weights(model, path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["net.pt", "net.sha256"]  # no temp files left
+    assert sha == file_sha256(path)
+    x = features.to_grey_unit(blobs(3, 1))
+    loaded = load_classifier(path)
+    for a, b in zip(model(x), loaded(x), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_extractor_is_registered_and_sees_grey_images():
+    assert FEATURE_EXTRACTORS_REGISTRY[EXTRACTOR_NAME] is MnistFeatureExtractor
+    extractor = MnistFeatureExtractor(EXTRACTOR_NAME, ["logits", "128"])
+    grey = blobs(5, 2)  # (5, 1, 28, 28)
+    logits, feats = extractor(grey.expand(-1, 3, -1, -1))  # order of the requested features
+    ref_feats, ref_logits = extractor.net(grey.float() / 255)
+    torch.testing.assert_close(feats, ref_feats)
+    torch.testing.assert_close(logits, ref_logits)
+    # Eval-mode batch norm: an image's features do not depend on its batch.
+    single = torch.cat([extractor(grey[i : i + 1].expand(-1, 3, -1, -1))[1] for i in range(5)])
+    torch.testing.assert_close(single, feats, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="uint8"):
+        extractor(grey.float().expand(-1, 3, -1, -1))
+
+
+def test_random_shift_moves_content_without_losing_it():
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 12:16, 12:16] = 1.0  # a centred square: any shift of <= 2 px keeps it inside
+    shifted = features._random_shift(x, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(shifted.sum(dim=(1, 2, 3)), x.sum(dim=(1, 2, 3)))
+    rows = shifted.sum(dim=(1, 3)).argmax(dim=1)  # first lit row per image
+    assert rows.min() >= 10 and rows.max() <= 14 and len(rows.unique()) > 1
+
+
+def test_training_is_reproducible(tmp_path):
+    fake = SimpleNamespace(
+        train=blobs(64, 3), train_labels=torch.arange(64) % 10,
+        val=blobs(32, 4), val_labels=torch.arange(32) % 10,
+        test=blobs(32, 5), test_labels=torch.arange(32) % 10,
+    )  # fmt: skip
+    kwargs = dict(seed=7, epochs=1, batch_size=32, log=lambda *_: None)
+    acc_a = train_classifier(fake, tmp_path / "a.pt", **kwargs)
+    acc_b = train_classifier(fake, tmp_path / "b.pt", **kwargs)
+    assert acc_a == acc_b
+    assert file_sha256(tmp_path / "a.pt") == file_sha256(tmp_path / "b.pt")
+    assert sha256_path(tmp_path / "a.pt").read_text().split()[0] == file_sha256(tmp_path / "a.pt")
+    train_classifier(fake, tmp_path / "c.pt", **dict(kwargs, seed=8))
+    assert file_sha256(tmp_path / "c.pt") != file_sha256(tmp_path / "a.pt")
+
+
+@pytest.mark.slow
+def test_committed_classifier_accuracy_on_mnist_test(mnist_dir):
+    from bench.data import load_mnist
+
+    data = load_mnist(mnist_dir, download_missing=False)
+    accuracy = features.classifier_accuracy(load_classifier(), data.test, data.test_labels)
+    assert accuracy >= 0.993
