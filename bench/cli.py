@@ -22,7 +22,9 @@ class _Group(click.Group):
         except UserError as exc:
             if (ctx.obj or {}).get("debug"):
                 raise
-            raise click.ClickException(str(exc)) from None
+            error = click.ClickException(str(exc))
+            error.exit_code = getattr(exc, "exit_code", 1)
+            raise error from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -121,6 +123,18 @@ def _parse_seeds(ctx, param, value: str | None) -> tuple[int, ...]:
     default=None,
     help="Cache for real-data feature statistics.  [default: OUT/.cache]",
 )
+@click.option(
+    "--allow-few-samples",
+    is_flag=True,
+    help="Compute FID even with fewer samples than the feature dimension (rank-deficient covariance).",
+)
+@click.option(
+    "--inception-weights",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    envvar="GENBENCH_INCEPTION_WEIGHTS",
+    help="torch-fidelity's Inception weights file (gives IS); else the offline port (no IS).",
+)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config of each run as JSON and exit.")
 def run(
@@ -143,6 +157,8 @@ def run(
     resume,
     cache_dir,
     progress,
+    allow_few_samples,
+    inception_weights,
     dry_run,
 ) -> None:
     """Train and evaluate models; one run folder per (model, seed) under OUT."""
@@ -196,6 +212,7 @@ def run(
         click.echo(json.dumps([runs.describe(p, options) for p, _ in targets], indent=2))
         return
 
+    _fidelity_options(allow_few_samples, inception_weights)
     if device_.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     data = load_mnist(data_dir, device=device_)
@@ -217,6 +234,177 @@ def run(
         click.echo(runs.summary_line(report))
     if failures:
         raise UserError(f"{len(failures)} of {len(targets)} runs failed: " + "; ".join(failures))
+
+
+def _fidelity_options(allow_few_samples: bool, inception_weights: Path | None) -> None:
+    from metrics import fidelity
+
+    if allow_few_samples:
+        fidelity.ALLOW_FEW_SAMPLES = True
+    if inception_weights is not None:
+        os.environ["GENBENCH_INCEPTION_WEIGHTS"] = str(inception_weights)
+
+
+@cli.command()
+@click.option(
+    "--results",
+    "results_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results"),
+    help="Folder of run folders.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Report folder.  [default: RESULTS/report]",
+)
+@click.option(
+    "--format",
+    "formats",
+    default="md,csv,latex,html",
+    metavar="md,csv,latex,html",
+    help="Comma-separated table formats.",
+)
+@click.option("--models", callback=_parse_models, metavar="NAMES", help="Only these models.")
+@click.option("--profile", type=click.Choice(PROFILE_NAMES), default=None, help="Only this profile.")
+@click.option("--since", type=click.DateTime(), default=None, help="Only runs created at or after this time.")
+@click.option("--run", "run_ids", default="", metavar="RUN_IDS", help="Only these comma-separated run ids.")
+@click.option("--include-unfinished", is_flag=True, help="Also show runs that are not done.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="MNIST, for the nearest-neighbour panel (skipped when not found; never downloads).",
+)
+def report(results_dir, out, formats, models, profile, since, run_ids, include_unfinished, data_dir) -> None:
+    """Tables (md/csv/latex/html), figures and results/report/index.html from finished runs."""
+    from bench import report as reports
+
+    chosen = tuple(f.strip() for f in formats.split(",") if f.strip())
+    unknown = [f for f in chosen if f not in reports.FORMATS]
+    if unknown or not chosen:
+        raise click.BadParameter(
+            f"unknown format {', '.join(unknown)}; choose from {', '.join(reports.FORMATS)}",
+            param_hint="--format",
+        )
+    result = reports.make_report(
+        results_dir,
+        out,
+        chosen,
+        models,
+        profile,
+        since,
+        tuple(r for r in run_ids.split(",") if r),
+        include_unfinished,
+        data_dir,
+    )
+    click.echo(result.markdown)
+    if result.n_skipped:
+        click.echo(
+            f"skipped {result.n_skipped} unfinished run(s) (--include-unfinished shows them)", err=True
+        )
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"wrote {len(result.written)} files; open {result.out_dir / 'index.html'}", err=True)
+
+
+@cli.command()
+@click.option(
+    "--network",
+    "networks",
+    type=click.Choice(["mnist", "inception"]),
+    multiple=True,
+    default=("mnist",),
+    help="Feature network (repeatable).",
+)
+@click.option(
+    "--n-samples",
+    "counts",
+    type=click.IntRange(min=10),
+    multiple=True,
+    default=(1000, 10_000),
+    help="Images per side (repeatable); match the profile's sample count to compare.",
+)
+@click.option(
+    "--results",
+    "results_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results"),
+    help="Floors go to RESULTS/floors/.",
+)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Folder holding MNIST/raw/.")
+@click.option("--device", default="auto", metavar="auto|cpu|cuda", help="Device for the feature network.")
+@click.option("--seed", type=click.IntRange(min=0), default=0)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Feature-statistics cache.  [default: RESULTS/.cache]",
+)
+@click.option("--allow-few-samples", is_flag=True, help="Compute FID below the feature dimension.")
+@click.option(
+    "--inception-weights",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    envvar="GENBENCH_INCEPTION_WEIGHTS",
+    help="torch-fidelity's Inception weights (gives IS).",
+)
+def floors(
+    networks, counts, results_dir, data_dir, device, seed, cache_dir, allow_few_samples, inception_weights
+) -> None:
+    """Real-data floors: FID/KID/PR of train vs test and IS of the test set, per network and count."""
+    from bench.data import load_mnist
+    from bench.train import resolve_device
+    from metrics import fidelity
+
+    _fidelity_options(allow_few_samples, inception_weights)
+    device_ = resolve_device(device)
+    data = load_mnist(data_dir)
+    for network in networks:
+        for n in counts:
+            doc = fidelity.compute_floors(
+                data, network, n, cache_dir or results_dir / ".cache", device_, seed
+            )
+            path = fidelity.write_floors(results_dir, doc)
+            values = ", ".join(
+                f"{e['label']} {e['value']:.4g}" for e in doc["metrics"].values() if e["value"] is not None
+            )
+            click.echo(
+                f"{network} n={doc['n_samples']} (train vs test, seed {seed}, {device_}): {values} -> {path}"
+            )
+
+
+@cli.command("train-classifier")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Folder holding MNIST/raw/.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Weights file.  [default: the committed metrics/weights/mnist_classifier.pt]",
+)
+@click.option("--seed", type=click.IntRange(min=0), default=0)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: as committed]")
+@click.option(
+    "--device", default="cpu", metavar="cpu|cuda", help="Bit-identical weights need the same device."
+)
+def train_classifier(data_dir, out, seed, epochs, device) -> None:
+    """Re-create the `mnist` feature network deterministically (weights + .sha256)."""
+    from bench.data import load_mnist
+    from bench.train import resolve_device
+    from metrics import features
+
+    device_ = resolve_device(device)
+    accuracy = features.train_classifier(
+        load_mnist(data_dir, device=device_),
+        out or features.WEIGHTS_PATH,
+        seed=seed,
+        epochs=epochs or features.EPOCHS,
+        device=device_,
+    )
+    click.echo(
+        f"test accuracy {accuracy:.4f} (MNIST test set, 10,000 images) -> {out or features.WEIGHTS_PATH}"
+    )
 
 
 @cli.command("list")

@@ -27,9 +27,9 @@ def _atomic_write_bytes(path: Path, payload: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except PermissionError:
+    except OSError as exc:
         raise UserError(
-            f"cannot write to {path.parent}: permission denied; pass --out to a writable folder"
+            f"cannot write to {path.parent} ({exc.strerror or exc}); pass --out to a writable folder"
         ) from None
     try:
         with os.fdopen(fd, "wb") as f:
@@ -114,9 +114,9 @@ def create_run_dir(out: Path, run_id: str, overwrite: bool = False) -> Path:
             shutil.rmtree(run_dir)
         run_dir.mkdir()
         (run_dir / "checkpoints").mkdir()
-    except PermissionError:
+    except OSError as exc:
         raise UserError(
-            f"cannot write to {out}: permission denied; pass --out to a writable folder"
+            f"cannot create a run folder under {out} ({exc.strerror or exc}); pass --out to a writable folder"
         ) from None
     return run_dir
 

@@ -37,6 +37,14 @@ class NonFiniteLoss(UserError):
 class TrainingInterrupted(UserError):
     """Ctrl-C: a checkpoint was written and the run can be resumed."""
 
+    exit_code = 130  # the shell's convention for a SIGINT
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
+
 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
@@ -237,9 +245,11 @@ def train(
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             step = window_start_step + int(bad[0]) + 1
+            kept = (
+                f"the last good checkpoint (step {last_good}) is kept" if last_good else "no checkpoint yet"
+            )
             raise NonFiniteLoss(
-                f"{model.name}: non-finite loss at step {step}; training diverged. The last good "
-                f"checkpoint (step {last_good}) is kept; try a lower --lr"
+                f"{model.name}: non-finite loss at step {step}; training diverged ({kept}); try a lower --lr"
             )
         images = len(pending) * cfg.batch_size
         if window_start_step >= options.warmup_steps:
@@ -321,6 +331,13 @@ def train(
                         state.epoch += 1
                         state.batch_in_epoch = 0
                     write_checkpoint()
+    except (RuntimeError, MemoryError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        raise UserError(
+            f"{model.name}: out of memory at batch size {cfg.batch_size} on {options.device}; "
+            f"lower --batch-size (e.g. --batch-size {max(1, cfg.batch_size // 2)})"
+        ) from None
     finally:
         bar.close()
     synchronize(options.device)
