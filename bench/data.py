@@ -7,7 +7,6 @@ of a seeded permutation (no PIL transforms, no DataLoader workers).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from torch import Tensor
 
 from bench.errors import UserError
+from bench.results import file_sha256
 
 ENV_VAR = "GENBENCH_DATA"
 DEFAULT_DIR = Path("data")
@@ -64,21 +64,13 @@ def raw_dir(root: Path) -> Path:
     return root / "MNIST" / "raw"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify(raw: Path) -> None:
     """Raise a one-line UserError naming the first missing, truncated or corrupt file."""
     for name, (size, sha) in MNIST_FILES.items():
         path = raw / name
         if not path.is_file():
             raise UserError(f"MNIST file missing: {path}; {OFFLINE_HINT}")
-        if path.stat().st_size != size or _sha256(path) != sha:
+        if path.stat().st_size != size or file_sha256(path) != sha:
             raise UserError(
                 f"MNIST file corrupt or truncated: {path} (checksum mismatch); "
                 f"delete it to re-download, or {OFFLINE_HINT}"

@@ -11,21 +11,8 @@ import torch
 from bench.data import MNIST
 from bench.results import save_image_grid, save_torch
 from metrics import METRICS, EvalContext, Value, missing_capability
-from metrics.base import EvalConfig
+from metrics.base import EvalConfig, entry
 from models.base import GenerativeModel
-
-
-def _entry(output, value: Value) -> dict[str, Any]:
-    entry = {
-        "value": value.value,
-        "label": output.label,
-        "unit": output.unit,
-        "higher_is_better": output.higher_is_better,
-        "protocol": value.protocol,
-    }
-    if value.value is None:
-        entry["na"] = value.na or "not computed"
-    return entry
 
 
 def evaluate(
@@ -60,7 +47,7 @@ def evaluate(
         for output in metric.outputs:
             if output.key not in values:
                 raise RuntimeError(f"metric {metric.name!r} did not return {output.key!r}")
-            entries[output.key] = _entry(output, values[output.key])
+            entries[output.key] = entry(output, values[output.key])
     if run_dir is not None:
         write_sample_artifacts(model, ctx, run_dir)
     return entries

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import io
 import json
 import math
 import os
 import platform
+import secrets
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,15 @@ from bench.errors import UserError
 STATUSES = ("running", "interrupted", "failed", "done")
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+def write_bytes(path: Path, payload: bytes) -> None:
+    """Write through a temporary file in the same folder, then os.replace: a crash never leaves a
+    half-written file under the final name. os.open with 0o666 keeps the umask's permissions
+    (mkstemp would make every result file private)."""
     path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
         raise UserError(
             f"cannot write to {path.parent} ({exc.strerror or exc}); pass --out to a writable folder"
@@ -41,6 +46,14 @@ def _atomic_write_bytes(path: Path, payload: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _jsonable(obj: Any) -> Any:
@@ -58,17 +71,17 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n").encode())
+    write_bytes(path, (json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n").encode())
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode())
+    write_bytes(path, text.encode())
 
 
 def save_torch(path: Path, obj: Any) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    _atomic_write_bytes(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 def save_image_grid(path: Path, images: torch.Tensor, nrow: int = 8) -> None:
@@ -80,7 +93,7 @@ def save_image_grid(path: Path, images: torch.Tensor, nrow: int = 8) -> None:
     pixels = grid[0] if images.shape[1] == 1 else grid.permute(1, 2, 0)  # grey or RGB
     buffer = io.BytesIO()
     Image.fromarray(pixels.numpy()).save(buffer, format="PNG")
-    _atomic_write_bytes(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 def read_json(path: Path) -> Any:

@@ -53,6 +53,21 @@ class Value:
     na: str | None = None  # the reason when value is None
 
 
+def entry(output: Output, value: Value) -> dict[str, Any]:
+    """The metrics.json form of one value: the number with its label, unit, direction, protocol,
+    and the reason when it is n/a."""
+    out = {
+        "value": value.value,
+        "label": output.label,
+        "unit": output.unit,
+        "higher_is_better": output.higher_is_better,
+        "protocol": value.protocol,
+    }
+    if value.value is None:
+        out["na"] = value.na or "not computed"
+    return out
+
+
 @dataclasses.dataclass
 class EvalContext:
     """What a metric may read. Samples are generated once, lazily, and shared by all metrics."""

@@ -11,9 +11,7 @@ torch-fidelity sees the network as the feature extractor "genbench-mnist", regis
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import secrets
 from pathlib import Path
 
 import torch
@@ -24,6 +22,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from bench.errors import UserError
+from bench.results import file_sha256, save_torch, write_text
 
 EXTRACTOR_NAME = "genbench-mnist"
 FEATURE_DIM = 128
@@ -81,43 +80,18 @@ def to_grey_unit(x: Tensor) -> Tensor:
 # Weights on disk: atomic writes, SHA-256 beside
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sha256_path(weights_path: str | os.PathLike) -> Path:
     """The checksum file beside the weights: mnist_classifier.pt -> mnist_classifier.sha256."""
     return Path(weights_path).with_suffix(".sha256")
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and os.replace it: a crash never leaves a
-    half-written file under the final name. os.open with 0o666 keeps the umask's permissions
-    (mkstemp would make the file private)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def save_weights(model: MnistClassifier, path: str | os.PathLike) -> str:
     """torch.save the state dict atomically and write `<sha256>  <name>` beside it (sha256sum format)."""
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda f: torch.save(state, f))
+    save_torch(path, state)
     sha = file_sha256(path)
-    atomic_write(sha256_path(path), lambda f: f.write(f"{sha}  {path.name}\n".encode()))
+    write_text(sha256_path(path), f"{sha}  {path.name}\n")
     return sha
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,10 @@ import torch_fidelity
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from bench import results
 from bench.errors import UserError
 from metrics import features, inception
-from metrics.base import EvalContext, Output, Value, register_metric
+from metrics.base import EvalContext, Output, Value, entry, register_metric
 
 NETWORKS = ("mnist", "inception")
 REFERENCE_SPLIT = "test"
@@ -293,20 +293,6 @@ def fidelity_inception(ctx: EvalContext) -> dict[str, Value]:
 # Real-data floors: what a perfect model would score at this sample count
 
 
-def entry(output: Output, value: Value) -> dict[str, Any]:
-    """A metrics.json / floors entry (SCHEMA.md)."""
-    out = {
-        "value": value.value,
-        "label": output.label,
-        "unit": output.unit,
-        "higher_is_better": output.higher_is_better,
-        "protocol": value.protocol,
-    }
-    if value.value is None:
-        out["na"] = value.na
-    return out
-
-
 def compute_floors(
     data,
     network: str,
@@ -362,6 +348,5 @@ def floors_path(results_dir: str | os.PathLike, network: str, n_samples: int) ->
 def write_floors(results_dir: str | os.PathLike, floors: dict[str, Any]) -> Path:
     """Write a compute_floors document to <results_dir>/floors/<net>_n<count>.json atomically."""
     path = floors_path(results_dir, floors["feature_network"], floors["n_samples"])
-    text = json.dumps(floors, indent=2) + "\n"
-    features.atomic_write(path, lambda f: f.write(text.encode()))
+    results.write_json(path, floors)
     return path

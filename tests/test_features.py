@@ -10,6 +10,7 @@ import torch
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from bench.errors import UserError
+from bench.results import file_sha256
 from metrics import features
 from metrics.features import (
     EXTRACTOR_NAME,
@@ -17,7 +18,6 @@ from metrics.features import (
     WEIGHTS_PATH,
     MnistClassifier,
     MnistFeatureExtractor,
-    file_sha256,
     load_classifier,
     save_weights,
     sha256_path,
