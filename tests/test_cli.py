@@ -3,9 +3,7 @@
 import json
 
 import pytest
-from click.testing import CliRunner
-
-from bench.cli import cli
+from cli_utils import invoke, one_line_error
 
 RUN_FILES = (
     "config.json",
@@ -17,18 +15,6 @@ RUN_FILES = (
     "interpolation.png",
     "checkpoints/last.pt",
 )
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(result, code):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

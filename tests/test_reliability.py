@@ -11,24 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from cli_utils import invoke, one_line_error
 
 import models
-from bench.cli import cli
 
 TIMING_KEYS = {"train_images_per_s", "sample_images_per_s", "peak_memory_mb", "wall_time_s"}
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(result, code):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 def numbers(run_dir: Path) -> dict:
