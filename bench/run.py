@@ -6,9 +6,7 @@ samples.png, samples.pt, interpolation.png (latent models), checkpoints/last.pt.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import sys
 import typing
@@ -123,17 +121,6 @@ def describe(plan: RunPlan, options: RunOptions) -> dict[str, Any]:
     )
 
 
-def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [key for key in row if key not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    results.write_text(path, buffer.getvalue())
-
-
 def start(
     plan: RunPlan,
     options: RunOptions,
@@ -186,9 +173,9 @@ def execute(
         model = prepare_model(cls(plan.model_config), options)
         results.set_status(run_dir, "running")
         state, summary = train(
-            model, data, plan.train_config, plan.seed, options, checkpoint, plan.identity(), resume=ckpt
-        )
-        write_history(run_dir / "history.csv", state.history)
+            model, data, plan.train_config, plan.seed, options, checkpoint, plan.identity(), resume=ckpt,
+            history=run_dir / "history.csv",
+        )  # fmt: skip
         entries = evaluate(
             model, data, plan.eval_config, options.device, plan.seed, summary, run_dir, cache_dir
         )

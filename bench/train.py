@@ -9,7 +9,9 @@ before each checkpoint, so a checkpoint never holds a state reached through a no
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
+import io
 import math
 import signal
 import threading
@@ -22,7 +24,7 @@ from tqdm.auto import tqdm
 
 from bench.data import MNIST, batches, epoch_order
 from bench.errors import UserError
-from bench.results import save_torch
+from bench.results import save_torch, write_text
 from bench.timing import PeakMemory, Stopwatch, device_name, synchronize
 from models.base import GenerativeModel, TrainConfig, bits_per_dim
 
@@ -181,6 +183,17 @@ class _SigintFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
 # --- the loop --------------------------------------------------------------------------------------
 def _dims(model: GenerativeModel) -> int:
     return math.prod(model.image_shape)
@@ -214,9 +227,11 @@ def train(
     checkpoint: Path,
     identity: dict,
     resume: dict | None = None,
+    history: Path | None = None,
 ) -> tuple[LoopState, dict[str, Any]]:
     """Train until cfg.epochs (or cfg.max_steps), validating each epoch, checkpointing to
-    ``checkpoint``. Returns the final state and a summary for the cost metrics."""
+    ``checkpoint`` and rewriting ``history`` (CSV) with each checkpoint, so a running or killed run
+    shows its curves. Returns the final state and a summary for the cost metrics."""
     optimizers = model.configure_optimizers(cfg.lr)
     state = restore(resume, model, optimizers) if resume is not None else LoopState()
     steps_per_epoch = len(data.train) // cfg.batch_size
@@ -279,6 +294,8 @@ def train(
         state.wall_time_s += time.perf_counter() - session
         session = time.perf_counter()
         save_checkpoint(checkpoint, model, optimizers, state, identity)
+        if history is not None:
+            write_history(history, state.history)
         last_good = state.step
         window.lap()  # checkpoint I/O is not training time
 
