@@ -160,27 +160,30 @@ def restore(ckpt: dict, model, optimizers) -> LoopState:
     return LoopState(**ckpt["state"])
 
 
-class _SigintFlag:
-    """Turns Ctrl-C into a flag the loop reads between steps, so the checkpoint it then writes
-    holds a whole step (a KeyboardInterrupt could land inside an optimizer update)."""
+class _StopFlag:
+    """Turns Ctrl-C (SIGINT) and a scheduler's SIGTERM into a flag the loop reads between steps, so
+    the checkpoint it then writes holds a whole step (a KeyboardInterrupt could land inside an
+    optimizer update)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.set = False
-        self._previous = None
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.set:  # a second Ctrl-C stops at once
+        if self.set:  # a second signal stops at once
             raise KeyboardInterrupt
         self.set = True
 
-    def __enter__(self) -> _SigintFlag:
+    def __enter__(self) -> _StopFlag:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -308,7 +311,7 @@ def train(
         dynamic_ncols=True,
         leave=False,
     )
-    interrupted = _SigintFlag()
+    interrupted = _StopFlag()
     try:
         with interrupted, PeakMemory(options.device) as memory:
             while state.step < total_steps:

@@ -108,9 +108,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(mnist_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_checkpoints_and_exits_cleanly(mnist_dir, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_checkpoints_and_exits_cleanly(mnist_dir, tmp_path, sig):
     proc, run_dir = _start_and_wait_for_checkpoint(tmp_path, mnist_dir, "int")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, output
     assert "Traceback" not in output and "--resume" in output
