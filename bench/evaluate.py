@@ -9,10 +9,15 @@ from typing import Any
 import torch
 
 from bench.data import MNIST
+from bench.errors import UserError
 from bench.results import save_image_grid, save_torch
 from metrics import METRICS, EvalContext, Value, missing_capability
 from metrics.base import EvalConfig, entry
 from models.base import GenerativeModel
+
+
+class SampleCollapse(UserError):
+    """Every sample is (nearly) the same image."""
 
 
 def evaluate(
@@ -37,6 +42,7 @@ def evaluate(
         cache_dir=cache_dir,
         train_summary=dict(train_summary or {}),
     )
+    check_not_collapsed(model, ctx.samples(), data.test)
     entries: dict[str, dict[str, Any]] = {}
     for metric in METRICS.values():
         # Each metric starts from the same seed, so its noise (dequantization, posterior samples) does
@@ -51,6 +57,26 @@ def evaluate(
     if run_dir is not None:
         write_sample_artifacts(model, ctx, run_dir)
     return entries
+
+
+# Samples' pixel spread below 0.5% of the test set's: one image, repeated. A smoke GAN after 30 steps
+# is at 2.5-3.5%, an untrained one at 0.3%.
+COLLAPSE_SPREAD = 0.005
+
+
+def check_not_collapsed(model: GenerativeModel, samples: torch.Tensor, reference: torch.Tensor) -> None:
+    """Refuse to score a model whose samples are (nearly) all the same image (a collapsed GAN):
+    FID and IS of such a set are numbers, but not a measurement of a generative model."""
+    if len(samples) < 2:
+        return
+    spread = samples.float().std(0).mean()  # per-pixel std across samples, averaged over pixels
+    reference_spread = reference[: len(samples)].float().std(0).mean().cpu()
+    ratio = float(spread / reference_spread)
+    if ratio < COLLAPSE_SPREAD:
+        raise SampleCollapse(
+            f"{model.name}: its {len(samples)} samples have collapsed to (nearly) one image (pixel spread "
+            f"{ratio:.2%} of the test set's); no metrics reported. Try another seed or a lower --lr"
+        )
 
 
 def write_sample_artifacts(model: GenerativeModel, ctx: EvalContext, run_dir: Path) -> None:

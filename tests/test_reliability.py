@@ -275,3 +275,20 @@ def test_every_torch_load_is_weights_only():
             if "torch.load(" in line and "weights_only=True" not in line:
                 offenders.append(f"{path.name}:{number}")
     assert not offenders, offenders
+
+
+def test_collapsed_samples_end_in_a_clear_message(fake_data, monkeypatch):
+    """A GAN whose generator ignores z gets a message, not an FID."""
+    import torch
+
+    from bench.evaluate import SampleCollapse, evaluate
+    from metrics.base import EVAL_PROFILES
+
+    gan, _ = models.build("gan", "smoke")
+    one = fake_data.test[:1]
+
+    monkeypatch.setattr(
+        type(gan), "sample", lambda self, n, generator=None: one.expand(n, -1, -1, -1).clone()
+    )
+    with pytest.raises(SampleCollapse, match="collapsed"):
+        evaluate(gan, fake_data, EVAL_PROFILES["smoke"], torch.device("cpu"), seed=0)
