@@ -1,0 +1,252 @@
+"""Gated PixelCNN (van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders").
+
+An autoregressive model over pixels in raster order: p(x) = prod_i p(x_i | x_<i), each factor a
+``levels``-way softmax over intensities, so log p(x) is exact and, with ``levels = 256``, it is the
+8-bit protocol's likelihood (the probability of the discrete image equals the density of the uniformly
+dequantized image on the 1/256 grid).
+
+Two stacks remove the blind spot of the original PixelCNN:
+
+* the vertical stack sees a full rectangle of rows at and above the current row (kernel
+  ``(k//2 + 1, k)``); its features reach the horizontal stack shifted down by one row, so a pixel only
+  ever sees strictly earlier rows through it;
+* the horizontal stack sees the current row to the left (kernel ``(1, k//2 + 1)``); the first layer
+  shifts its input right by one column (mask type A: the current pixel is excluded), later layers
+  include the current position (type B, which by then carries only information from before it).
+
+Each layer gates its activations as tanh(a) * sigmoid(b) and the horizontal stack is residual from the
+second layer on. Sampling runs the same layer code on the smallest window that determines each new
+value (one new row of the vertical stack per image row, one new column of the horizontal stack per
+pixel), which is exact because the stacks are causal; tests compare it with the full forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.base import GenerativeModel, TrainConfig, bits_per_dim, register_model
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelCNNConfig:
+    image_size: int = 28
+    levels: int = 256  # intensities per pixel; inputs are uint8 in 0..levels-1
+    hidden_channels: int = 64  # feature maps per stack ("channels" is the image's channel count in base)
+    n_layers: int = 7  # gated layers, the first one type A
+    kernel_size: int = 3  # odd; vertical kernel (k//2+1, k), horizontal (1, k//2+1)
+    first_kernel_size: int = 7  # the first layer reads the 1-channel image, so a wide kernel is cheap
+    head_channels: int = 128  # hidden width of the 1x1 output head
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "hidden_channels", "n_layers", "head_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 2 <= self.levels <= 256:
+            raise ValueError(f"levels must be in 2..256 (uint8 inputs), got {self.levels}")
+        for name in ("kernel_size", "first_kernel_size"):
+            k = getattr(self, name)
+            if k < 3 or k % 2 == 0:
+                raise ValueError(f"{name} must be odd and at least 3, got {k}")
+
+    @property
+    def receptive_rows(self) -> int:
+        """How many rows above a pixel can influence it: the vertical stack reaches k//2 rows further
+        up per layer and the shift into the horizontal stack adds one."""
+        return 1 + self.first_kernel_size // 2 + (self.n_layers - 1) * (self.kernel_size // 2)
+
+
+def gate(a: Tensor) -> Tensor:
+    """tanh(first half) * sigmoid(second half) along channels: (B, 2C, ...) -> (B, C, ...)."""
+    value, gate_ = a.chunk(2, dim=1)
+    return torch.tanh(value) * torch.sigmoid(gate_)
+
+
+def shift_down(x: Tensor) -> Tensor:
+    """Row r takes row r-1's values, row 0 zeros: (B, C, H, W) -> (B, C, H, W)."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
+
+
+def shift_right(x: Tensor) -> Tensor:
+    """Column c takes column c-1's values, column 0 zeros: (B, C, H, W) -> (B, C, H, W)."""
+    return F.pad(x, (1, 0, 0, 0))[:, :, :, :-1]
+
+
+class GatedLayer(nn.Module):
+    """One layer of both stacks. ``first`` makes it type A (the horizontal stack excludes the current
+    pixel, and there is no residual because its input is the image itself)."""
+
+    def __init__(self, in_channels: int, channels: int, kernel_size: int, first: bool) -> None:
+        super().__init__()
+        self.first = first
+        self.half = kernel_size // 2
+        self.v_conv = nn.Conv2d(in_channels, 2 * channels, (self.half + 1, kernel_size))
+        self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.h_conv = nn.Conv2d(in_channels, 2 * channels, (1, self.half + 1))
+        self.h_out = nn.Conv2d(channels, channels, 1)
+
+    def vertical(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Next vertical features and the pre-activation the horizontal stack reads.
+        Output row r depends on input rows r-half..r only."""
+        pre = self.v_conv(F.pad(v, (self.half, self.half, self.half, 0)))  # (B, 2C, H, W)
+        return gate(pre), pre
+
+    def link(self, pre: Tensor) -> Tensor:
+        """The vertical pre-activation as the horizontal stack sees it: one row down, so row i reads
+        rows < i only."""
+        return self.v_to_h(shift_down(pre))  # (B, 2C, H, W)
+
+    def horizontal(self, h: Tensor, link: Tensor) -> Tensor:
+        """Next horizontal features. Output column c depends on input columns c-half..c (type B) or
+        c-half-1..c-1 (type A) and on ``link`` at column c."""
+        source = shift_right(h) if self.first else h
+        pre = self.h_conv(F.pad(source, (self.half, 0, 0, 0))) + link  # (B, 2C, H, W)
+        out = self.h_out(gate(pre))  # (B, C, H, W)
+        return out if self.first else h + out
+
+    @property
+    def left_reach(self) -> int:
+        """Columns to the left of c that ``horizontal`` reads to produce column c."""
+        return self.half + (1 if self.first else 0)
+
+
+@register_model("pixelcnn", aliases=("gated-pixelcnn",))
+class PixelCNN(GenerativeModel):
+    likelihood = "exact"
+    can_reconstruct = False
+    Config = PixelCNNConfig
+    profiles = {
+        "smoke": lambda: (
+            PixelCNNConfig(hidden_channels=8, n_layers=2, head_channels=16),
+            TrainConfig(max_steps=30, batch_size=32, val_images=256, checkpoint_every=10, log_every=5),
+        ),
+        # Sized on 2 CPU cores: see the module's report for the measured time, bits/dim and sampling speed.
+        "quick": lambda: (
+            PixelCNNConfig(hidden_channels=32, n_layers=5, head_channels=64),
+            TrainConfig(
+                epochs=1,
+                batch_size=64,
+                lr=2e-3,
+                max_steps=300,
+                val_images=1000,
+                checkpoint_every=100,
+                log_every=20,
+            ),
+        ),
+        # Paper-grade depth for a GPU; 5-wide kernels make the receptive field (1 + 3 + 14 * 2 = 32 rows
+        # up, 31 columns either side) cover the whole 28x28 image.
+        "full": lambda: (
+            PixelCNNConfig(hidden_channels=128, n_layers=15, kernel_size=5, head_channels=256),
+            TrainConfig(epochs=30, batch_size=128, lr=1e-3, val_images=5000, checkpoint_every=2000),
+        ),
+    }
+
+    def __init__(self, config: PixelCNNConfig) -> None:
+        super().__init__(config)
+        c = config.hidden_channels
+        self.layers = nn.ModuleList(
+            [GatedLayer(1, c, config.first_kernel_size, first=True)]
+            + [GatedLayer(c, c, config.kernel_size, first=False) for _ in range(config.n_layers - 1)]
+        )
+        self.head = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(c, config.head_channels, 1),
+            nn.ReLU(),
+            nn.Conv2d(config.head_channels, config.levels, 1),
+        )
+
+    # ----------------------------------------------------------------------------- likelihood
+
+    def scale(self, x: Tensor) -> Tensor:
+        """uint8 intensities 0..levels-1 -> float in [-1, 1], the network's input."""
+        return x.float() * (2.0 / (self.config.levels - 1)) - 1.0
+
+    def network(self, xf: Tensor) -> Tensor:
+        """Logits of every pixel given the pixels before it: (B, 1, H, W) float -> (B, levels, H, W)."""
+        v = h = xf
+        for layer in self.layers:
+            v, pre = layer.vertical(v)
+            h = layer.horizontal(h, layer.link(pre))
+        return self.head(h)
+
+    def _check(self, x: Tensor) -> None:
+        size = self.config.image_size
+        if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (1, size, size):
+            raise ValueError(f"pixelcnn expects uint8 (B, 1, {size}, {size}), got {x.dtype} {tuple(x.shape)}")
+        # A host sync, so only for reduced level counts, where an out-of-range input is a real mistake.
+        if self.config.levels < 256 and int(x.max()) >= self.config.levels:
+            raise ValueError(f"inputs must be below levels={self.config.levels}; quantize them first")
+
+    def logits(self, x: Tensor) -> Tensor:
+        """(B, 1, H, W) uint8 -> (B, levels, H, W) float32 logits."""
+        self._check(x)
+        # The parameters' dtype (float32 in training; tests run float64 for exact comparisons).
+        return self.network(self.scale(x).to(self.head[-1].weight.dtype)).float()
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log P(x) in nats: sum over pixels of log softmax at the true intensity. (B,)"""
+        logp = F.log_softmax(self.logits(x), dim=1)  # (B, levels, H, W)
+        return logp.gather(1, x.long()).flatten(1).sum(1)  # (B,)
+
+    def loss(self, x: Tensor) -> dict[str, Tensor]:
+        nats = -self.log_prob(x).mean()
+        return {"loss": nats, "bpd": bits_per_dim(nats.detach(), x[0].numel())}
+
+    # ------------------------------------------------------------------------------- sampling
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n images (n, 1, H, W) uint8, H*W sequential steps, the whole batch at once."""
+        return self._sample(n, generator)[0]
+
+    def _sample(self, n: int, generator: torch.Generator | None, keep_logits: bool = False):
+        """Samples, and (if ``keep_logits``) the (n, levels, H, W) logits each pixel was drawn from.
+
+        Caches hold every layer's output so far. After an image row is complete, each layer computes
+        that row of the vertical stack from the ``half + 1`` rows that determine it; for each pixel,
+        each layer computes one column of the horizontal stack from the ``left_reach + 1`` columns that
+        determine it. Windows narrower than the image get the same zero padding as the full pass, so
+        the arithmetic per value is the full pass's arithmetic.
+        """
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        size, levels, device = self.config.image_size, self.config.levels, self.device
+        dtype = self.head[-1].weight.dtype
+        c = self.config.hidden_channels
+        x = torch.zeros(n, 1, size, size, dtype=torch.uint8, device=device)
+        # verticals[l]: input of layer l's vertical stack, filled row by row as image rows complete;
+        # verticals[0] is the scaled image. The last layer's vertical output feeds nothing.
+        verticals = [torch.zeros(n, 1, size, size, dtype=dtype, device=device)]
+        verticals += [torch.zeros(n, c, size, size, dtype=dtype, device=device) for _ in self.layers[1:]]
+        pres = [torch.zeros(n, 2 * c, 1, size, dtype=dtype, device=device) for _ in self.layers]
+        kept = torch.zeros(n, levels, size, size, device=device) if keep_logits else None
+        for i in range(size):
+            # Row i reads the vertical pre-activations of row i-1 (zeros for row 0, as shift_down pads).
+            links = [layer.v_to_h(pre) for layer, pre in zip(self.layers, pres, strict=True)]  # (n, 2C, 1, W)
+            # rows[l]: input of layer l's horizontal stack on row i; rows[0] is the image row itself.
+            rows = [verticals[0][:, :, i : i + 1]] + [
+                torch.zeros(n, c, 1, size, dtype=dtype, device=device) for _ in self.layers
+            ]
+            for j in range(size):
+                for l, layer in enumerate(self.layers):
+                    start = max(0, j - layer.left_reach)
+                    window = layer.horizontal(rows[l][..., start : j + 1], links[l][..., start : j + 1])
+                    rows[l + 1][..., j] = window[..., -1]
+                logits = self.head(rows[-1][..., j : j + 1]).float().flatten(1)  # (n, levels)
+                if kept is not None:
+                    kept[:, :, i, j] = logits
+                value = torch.multinomial(F.softmax(logits, dim=1), 1, generator=generator).squeeze(1)  # (n,)
+                x[:, 0, i, j] = value.to(torch.uint8)
+                rows[0][:, 0, 0, j] = self.scale(value).to(dtype)  # rows[0] is a view of verticals[0]
+            for l, layer in enumerate(self.layers):
+                start = max(0, i - layer.half)
+                v, pre = layer.vertical(
+                    verticals[l][:, :, start : i + 1]
+                )  # (n, C, rows, W), (n, 2C, rows, W)
+                if l + 1 < len(verticals):
+                    verticals[l + 1][:, :, i] = v[:, :, -1]
+                pres[l] = pre[:, :, -1:]
+        return x, kept
