@@ -93,7 +93,14 @@ def _start_and_wait_for_checkpoint(out, mnist_dir, name):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(mnist_dir, tmp_path):
-    straight = smoke_run(tmp_path / "a", mnist_dir, "k", "--max-steps", "60")
+    # both sides in fresh processes, as a user runs them: earlier tests leave global torch state behind
+    (tmp_path / "a").mkdir()
+    subprocess.run(
+        bench_cmd("run", "--models", "vae", "--profile", "smoke", "--data-dir", mnist_dir, "--out", tmp_path / "a",
+                  "--name", "k", "--no-progress", "--max-steps", "60"),
+        check=True, capture_output=True,
+    )  # fmt: skip
+    straight = tmp_path / "a" / "vae-smoke-s0-k"
     proc, run_dir = _start_and_wait_for_checkpoint(tmp_path / "b", mnist_dir, "k")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
