@@ -96,8 +96,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(mnist_dir, tmp_path):
     # both sides in fresh processes, as a user runs them: earlier tests leave global torch state behind
     (tmp_path / "a").mkdir()
     subprocess.run(
-        bench_cmd("run", "--models", "vae", "--profile", "smoke", "--data-dir", mnist_dir, "--out", tmp_path / "a",
-                  "--name", "k", "--no-progress", "--max-steps", "60"),
+        bench_cmd("run", "--models", "vae", "--profile", "smoke", "--data-dir", mnist_dir,
+                  "--out", tmp_path / "a", "--name", "k", "--no-progress", "--max-steps", "60"),
         check=True, capture_output=True,
     )  # fmt: skip
     straight = tmp_path / "a" / "vae-smoke-s0-k"
