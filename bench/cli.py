@@ -95,6 +95,12 @@ def _parse_seeds(ctx, param, value: str | None) -> tuple[int, ...]:
     help="Training precision; auto = bf16 on CUDA, fp32 elsewhere. Evaluation is always fp32.",
 )
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model's networks.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads for torch (on cores shared with other jobs, 1 can be several times faster).",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the profile's epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Override the batch size.")
 @click.option(
@@ -146,6 +152,7 @@ def run(
     device,
     precision,
     compile_,
+    threads,
     epochs,
     batch_size,
     lr,
@@ -165,6 +172,9 @@ def run(
     import torch
 
     from bench import run as runs
+
+    if threads is not None:
+        torch.set_num_threads(threads)
     from bench.data import load_mnist, resolve_data_dir
     from bench.train import RunOptions, resolve_device
 

@@ -30,6 +30,10 @@ class VAEConfig:
     hidden: int = 256  # fully connected layer between conv features and the latent
     levels: int = 256  # intensity levels of the discretized decoder
     sample_mode: str = "mean"  # "mean": expected intensity per pixel; "sample": draw each pixel
+    # KL warm-up (Sønderby et al. 2016): the KL weight rises linearly from 0 to 1 over these training
+    # steps. Without it the strong per-pixel decoder wins first and the posterior collapses (KL ~0.03
+    # nats, 2.6 bits/dim on the quick profile). Evaluation and validation always use the true ELBO.
+    kl_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.image_size % 4:
@@ -89,11 +93,11 @@ class VAE(GenerativeModel):
             ),
         ),
         "quick": lambda: (
-            VAEConfig(latent_dim=32, channels=(32, 64), hidden=256),
+            VAEConfig(latent_dim=32, channels=(32, 64), hidden=256, kl_warmup_steps=500),
             TrainConfig(epochs=3, batch_size=128, lr=1e-3, val_images=2000, checkpoint_every=200),
         ),
         "full": lambda: (
-            VAEConfig(latent_dim=64, channels=(64, 128), hidden=512),
+            VAEConfig(latent_dim=64, channels=(64, 128), hidden=512, kl_warmup_steps=10_000),
             TrainConfig(epochs=100, batch_size=128, lr=5e-4, checkpoint_every=2000, log_every=100),
         ),
     }
@@ -106,25 +110,25 @@ class VAE(GenerativeModel):
         flat = c2 * s * s
         self.encoder = nn.Sequential(
             nn.Conv2d(1, c1, 4, stride=2, padding=1),
-            nn.ReLU(),  # (B, c1, H/2, W/2)
+            nn.SiLU(),  # (B, c1, H/2, W/2)
             nn.Conv2d(c1, c2, 4, stride=2, padding=1),
-            nn.ReLU(),  # (B, c2, H/4, W/4)
+            nn.SiLU(),  # (B, c2, H/4, W/4)
             nn.Flatten(),
             nn.Linear(flat, config.hidden),
-            nn.ReLU(),
+            nn.SiLU(),
             nn.Linear(config.hidden, 2 * config.latent_dim),  # mu and log-variance
         )
         self.decoder_fc = nn.Sequential(
             nn.Linear(config.latent_dim, config.hidden),
-            nn.ReLU(),
+            nn.SiLU(),
             nn.Linear(config.hidden, flat),
-            nn.ReLU(),
+            nn.SiLU(),
         )
         self.decoder_conv = nn.Sequential(
             nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),
-            nn.ReLU(),  # (B, c1, H/2, W/2)
+            nn.SiLU(),  # (B, c1, H/2, W/2)
             nn.ConvTranspose2d(c1, c1, 4, stride=2, padding=1),
-            nn.ReLU(),  # (B, c1, H, W)
+            nn.SiLU(),  # (B, c1, H, W)
             nn.Conv2d(c1, 2, 1),  # (B, 2, H, W): logistic mean and log-scale per pixel
         )
         # Start the decoder wide (scale ~20 intensity levels): a narrow logistic far from the data
@@ -132,6 +136,7 @@ class VAE(GenerativeModel):
         with torch.no_grad():
             self.decoder_conv[-1].bias[1] = 3.0
         self.register_buffer("intensities", torch.arange(config.levels, dtype=torch.float32))
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # drives the KL warm-up
 
     # --- the model's parts --------------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -144,8 +149,8 @@ class VAE(GenerativeModel):
         h = self.decoder_fc(z).view(-1, *self.feature_shape)  # (B, c2, H/4, W/4)
         out = self.decoder_conv(h).float()  # (B, 2, H, W)
         top = self.config.levels - 1
-        mean = (torch.tanh(out[:, 0]) + 1) * (top / 2)  # in [0, L-1]
-        return mean, out[:, 1].clamp(-7.0, 7.0)
+        mean = (out[:, 0] + 1) * (top / 2)  # unbounded: the end bins absorb the tails; tanh saturated
+        return mean, out[:, 1].clamp(min=-7.0)  # a clamp above would stop the gradient of wide pixels
 
     def _log_px_given_z(self, params: tuple[Tensor, Tensor], x: Tensor) -> Tensor:
         """Exact discrete log P(x | z) per image, summed over pixels."""
@@ -162,9 +167,17 @@ class VAE(GenerativeModel):
 
     # --- the interface ------------------------------------------------------------------------
     def loss(self, x: Tensor) -> dict[str, Tensor]:
+        """In training mode the objective is -(log P(x|z) - beta KL) with the warm-up weight beta;
+        otherwise (validation) beta = 1, the negative ELBO in nats per image."""
         log_px, kl = self._elbo_terms(x)
-        nll = (kl - log_px).mean()
-        return {"loss": nll, "recon": -log_px.mean(), "kl": kl.mean()}
+        nelbo = (kl - log_px).mean()
+        terms = {"recon": -log_px.mean(), "kl": kl.mean(), "nelbo": nelbo.detach()}
+        warmup = self.config.kl_warmup_steps
+        if self.training and torch.is_grad_enabled() and warmup > 0:
+            beta = (self.train_steps.float() / warmup).clamp(max=1.0)
+            self.train_steps += 1
+            return {"loss": terms["recon"] + beta * terms["kl"], "beta": beta, **terms}
+        return {"loss": nelbo, **terms}
 
     def log_prob(self, x: Tensor) -> Tensor:
         """The ELBO per image in nats (a lower bound on log P(x)), one posterior sample."""
