@@ -16,7 +16,8 @@ cell of the 256-level grid has volume 1/256 per dimension. NLL = -log p_Y(y) + D
 
 The logit transform makes p_Y a density on the slightly larger box ((-alpha, 1 - alpha) / (1 - 2 alpha))^D,
 so it integrates to a little less than 1 over [0, 1)^D: the reported likelihood is that of a
-sub-normalized discrete model and can only be pessimistic, never flattering.
+sub-normalized discrete model and can only be pessimistic, never flattering. The MNIST profiles use
+alpha = 1e-6 (see MNIST_ALPHA), where that box is [0, 1]^D up to 2e-6.
 
 Architecture for 1x28x28 with n_scales = 3 (each coupling is preceded by an act norm):
 
@@ -52,12 +53,12 @@ class Config:
     n_final_couplings: int = 4  # checkerboard couplings of the last scale
     hidden_channels: int = 64
     n_blocks: int = 8  # residual blocks in each coupling network
-    alpha: float = 0.05  # logit transform: p = alpha + (1 - 2 alpha) y
+    alpha: float = 0.05  # logit transform p = alpha + (1 - 2 alpha) y; RealNVP's CIFAR-10 value
     temperature: float = 1.0  # prior standard deviation used by sample and latent_interpolation
     # Max gradient norm in train_step; None disables clipping. Norms of 1e3-1e4 are normal here (the
     # loss is in nats per image), and clipping at 100 slowed the quick profile's training markedly.
     grad_clip: float | None = None
-    weight_decay: float = 0.0  # Adam L2 penalty (the paper used 5e-5 on the scale parameters)
+    weight_decay: float = 0.0  # Adam L2 penalty on all parameters (RealNVP: 5e-5 on its weight-norm scales)
 
     def __post_init__(self) -> None:
         if self.n_scales < 1:
@@ -71,8 +72,8 @@ class Config:
             raise ValueError(
                 f"image_size must be at least 2 for a checkerboard coupling, got {self.image_size}"
             )
-        if not 0.0 <= self.alpha < 0.5:
-            raise ValueError(f"alpha must be in [0, 0.5), got {self.alpha}")
+        if not 0.0 < self.alpha < 0.5:
+            raise ValueError(f"alpha must be in (0, 0.5) (alpha = 0 gives logit(0) = -inf), got {self.alpha}")
         if (
             self.n_couplings < 1
             or self.n_final_couplings < 1
@@ -290,24 +291,46 @@ def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
 # Profiles
 
 
+# MNIST is mostly exact zeros: with alpha = 0.05 their dequantized values form a box only 0.07 wide
+# in logit space, which a small flow fits slowly (quick profile: 1.59 test bits/dim with alpha = 0.05
+# against 1.27 with 1e-6). MAF (Papamakarios et al. 2017), whose MNIST table holds RealNVP's 1.06,
+# used 1e-6 for MNIST; the 0.05 default is RealNVP's CIFAR-10 value.
+MNIST_ALPHA = 1e-6
+
+
 def _smoke() -> tuple[Config, TrainConfig]:
     return (
-        Config(n_scales=2, n_couplings=2, n_final_couplings=2, hidden_channels=8, n_blocks=1),
+        Config(
+            n_scales=2, n_couplings=2, n_final_couplings=2, hidden_channels=8, n_blocks=1, alpha=MNIST_ALPHA
+        ),
         TrainConfig(max_steps=30, batch_size=32, val_images=256, checkpoint_every=10, log_every=5),
     )
 
 
 def _quick() -> tuple[Config, TrainConfig]:
+    # Sized for 2 CPU cores: about 0.2 s of one core per step. Full-resolution couplings dominate the
+    # cost, so the quick net is narrow and shallow; small batches with more steps learned faster per
+    # CPU-second than batch 64, and lr 2e-3 beat both 1e-3 and 5e-3.
     return (
-        Config(n_scales=3, n_couplings=2, n_final_couplings=2, hidden_channels=24, n_blocks=1),
-        TrainConfig(epochs=1, batch_size=64, lr=1e-3, max_steps=600, val_images=1000, checkpoint_every=200),
+        Config(
+            n_scales=3, n_couplings=2, n_final_couplings=2, hidden_channels=32, n_blocks=1, alpha=MNIST_ALPHA
+        ),
+        TrainConfig(epochs=1, batch_size=32, lr=2e-3, max_steps=1000, val_images=1000, checkpoint_every=250),
     )
 
 
 def _full() -> tuple[Config, TrainConfig]:
+    # RealNVP's multi-scale layout (3 checkerboard + 3 channel couplings per scale, 4 at the last) with
+    # 64-channel 8-block residual nets and the paper's L2 penalty of 5e-5; about 9.6M parameters.
     return (
         Config(
-            n_scales=3, n_couplings=3, n_final_couplings=4, hidden_channels=64, n_blocks=8, weight_decay=5e-5
+            n_scales=3,
+            n_couplings=3,
+            n_final_couplings=4,
+            hidden_channels=64,
+            n_blocks=8,
+            alpha=MNIST_ALPHA,
+            weight_decay=5e-5,
         ),
         TrainConfig(epochs=100, batch_size=64, lr=1e-3, val_images=5000, checkpoint_every=2000, log_every=50),
     )

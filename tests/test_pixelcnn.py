@@ -121,7 +121,9 @@ def test_sample_matches_naive_reference_sampler():
 
 def test_sample_dtype_range_and_seeds():
     model = tiny(levels=3).eval()
+    threads = torch.get_num_threads()
     a = model.sample(5, torch.Generator().manual_seed(0))
+    assert torch.get_num_threads() == threads  # the CPU sampler's single-thread section is undone
     b = model.sample(5, torch.Generator().manual_seed(0))
     c = model.sample(5, torch.Generator().manual_seed(1))
     assert a.dtype == torch.uint8 and a.shape == (5, 1, 8, 8)

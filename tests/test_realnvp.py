@@ -174,10 +174,11 @@ def test_density_of_2x2_flow_integrates_to_one():
     assert abs(in_box - fraction) < 0.01
 
 
-def test_identity_flow_log_prob_in_closed_form():
+@pytest.mark.parametrize("alpha", [0.05, 1e-6])
+def test_identity_flow_log_prob_in_closed_form(alpha):
     """With zero-initialized coupling outputs and act norms not yet initialized, the flow is a
     permutation of v = logit(p), so log_prob has a closed form: every term of the accounting."""
-    config = tiny(8, 2, alpha=0.05)
+    config = tiny(8, 2, alpha=alpha)
     model = RealNVP(config).eval()
     x = images(5, 8)
     with torch.no_grad():
