@@ -208,7 +208,7 @@ def squeeze(x: Tensor) -> Tensor:
     The factor-out after the channel couplings then keeps one colour: an evenly subsampled image,
     so every position at the next scale still has its spatial neighbours."""
     b, c, h, w = x.shape
-    x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 3, 5, 1, 2, 4)  # (B, 2, 2, C, H/2, W/2)
+    x = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 3, 5, 1, 2, 4)  # (B, 2, 2, C, H/2, W/2)
     x = x.reshape(b, 4, c, h // 2, w // 2)[:, [0, 3, 1, 2]]  # sub-pixels (0,0), (1,1), (0,1), (1,0)
     return x.reshape(b, 4 * c, h // 2, w // 2)
 
@@ -217,7 +217,7 @@ def unsqueeze(x: Tensor) -> Tensor:
     """Inverse of squeeze: (B, 4C, H, W) -> (B, C, 2H, 2W)."""
     b, c4, h, w = x.shape
     c = c4 // 4
-    x = x.view(b, 4, c, h, w)[:, [0, 2, 3, 1]]  # back to sub-pixel order (0,0), (0,1), (1,0), (1,1)
+    x = x.reshape(b, 4, c, h, w)[:, [0, 2, 3, 1]]  # back to sub-pixel order (0,0), (0,1), (1,0), (1,1)
     x = x.reshape(b, 2, 2, c, h, w).permute(0, 3, 4, 1, 5, 2)  # (B, C, H, 2, W, 2)
     return x.reshape(b, c, 2 * h, 2 * w)
 
@@ -292,9 +292,9 @@ def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
 
 
 # MNIST is mostly exact zeros: with alpha = 0.05 their dequantized values form a box only 0.07 wide
-# in logit space, which a small flow fits slowly (quick profile: 1.59 test bits/dim with alpha = 0.05
-# against 1.27 with 1e-6). MAF (Papamakarios et al. 2017), whose MNIST table holds RealNVP's 1.06,
-# used 1e-6 for MNIST; the 0.05 default is RealNVP's CIFAR-10 value.
+# in logit space, which a small flow fits slowly (the quick net, 1400 steps of 32: 1.59 test bits/dim
+# with alpha = 0.05 against 1.40 with 1e-6, same schedule). MAF (Papamakarios et al. 2017), whose
+# MNIST table holds RealNVP's 1.06, used 1e-6 for MNIST; the 0.05 default is RealNVP's CIFAR-10 value.
 MNIST_ALPHA = 1e-6
 
 

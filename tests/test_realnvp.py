@@ -98,6 +98,7 @@ def test_inverse_smoke_profile_28x28_after_actnorm_init():
         recon = model.reconstruct(x)
     assert recon.min() >= 0.0 and recon.max() <= 1.0
     assert (recon - (x.float() + 0.5) / 256.0).abs().max() < 1e-4
+    assert torch.equal(torch.floor(recon * 256.0).to(torch.uint8), x)  # the same map sample() uses
 
 
 def test_actnorm_data_dependent_init_and_checkpoint_round_trip():
