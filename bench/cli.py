@@ -35,6 +35,24 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+def _fidelity_flags(command):
+    """--allow-few-samples and --inception-weights, shared by every command that computes FID;
+    ``_fidelity_options`` applies them."""
+    command = click.option(
+        "--inception-weights",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        default=None,
+        envvar="GENBENCH_INCEPTION_WEIGHTS",
+        help="torch-fidelity's Inception weights file (gives IS); else the offline port (no IS).",
+    )(command)
+    command = click.option(
+        "--allow-few-samples",
+        is_flag=True,
+        help="Compute FID even with fewer samples than the feature dimension (rank-deficient covariance).",
+    )(command)
+    return command
+
+
 def _parse_models(ctx, param, value: str | None) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -129,18 +147,7 @@ def _parse_seeds(ctx, param, value: str | None) -> tuple[int, ...]:
     default=None,
     help="Cache for real-data feature statistics.  [default: OUT/.cache]",
 )
-@click.option(
-    "--allow-few-samples",
-    is_flag=True,
-    help="Compute FID even with fewer samples than the feature dimension (rank-deficient covariance).",
-)
-@click.option(
-    "--inception-weights",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    envvar="GENBENCH_INCEPTION_WEIGHTS",
-    help="torch-fidelity's Inception weights file (gives IS); else the offline port (no IS).",
-)
+@_fidelity_flags
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config of each run as JSON and exit.")
 def run(
@@ -352,14 +359,7 @@ def report(results_dir, out, formats, models, profile, since, run_ids, include_u
     default=None,
     help="Feature-statistics cache.  [default: RESULTS/.cache]",
 )
-@click.option("--allow-few-samples", is_flag=True, help="Compute FID below the feature dimension.")
-@click.option(
-    "--inception-weights",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    envvar="GENBENCH_INCEPTION_WEIGHTS",
-    help="torch-fidelity's Inception weights (gives IS).",
-)
+@_fidelity_flags
 def floors(
     networks, counts, results_dir, data_dir, device, seed, cache_dir, allow_few_samples, inception_weights
 ) -> None:
