@@ -8,9 +8,8 @@ import os
 from pathlib import Path
 
 import click
-
-from bench.errors import UserError
-from models.base import ALIASES, MODELS, PROFILE_NAMES, model_names
+from genbench.bench.errors import UserError
+from genbench.models.base import ALIASES, MODELS, PROFILE_NAMES, model_names
 
 
 class _Group(click.Group):
@@ -177,13 +176,12 @@ def run(
 ) -> None:
     """Train and evaluate models; one run folder per (model, seed) under OUT."""
     import torch
-
-    from bench import run as runs
+    from genbench.bench import run as runs
 
     if threads is not None:
         torch.set_num_threads(threads)
-    from bench.data import load_mnist, resolve_data_dir
-    from bench.train import RunOptions, resolve_device
+    from genbench.bench.data import load_mnist, resolve_data_dir
+    from genbench.bench.train import RunOptions, resolve_device
 
     train_overrides = {
         k: v
@@ -254,7 +252,7 @@ def run(
 
 
 def _fidelity_options(allow_few_samples: bool, inception_weights: Path | None) -> None:
-    from metrics import fidelity
+    from genbench.metrics import fidelity
 
     if allow_few_samples:
         fidelity.ALLOW_FEW_SAMPLES = True
@@ -296,7 +294,7 @@ def _fidelity_options(allow_few_samples: bool, inception_weights: Path | None) -
 )
 def report(results_dir, out, formats, models, profile, since, run_ids, include_unfinished, data_dir) -> None:
     """Tables (md/csv/latex/html), figures and results/report/index.html from finished runs."""
-    from bench import report as reports
+    from genbench.bench import report as reports
 
     chosen = tuple(f.strip() for f in formats.split(",") if f.strip())
     unknown = [f for f in chosen if f not in reports.FORMATS]
@@ -364,9 +362,9 @@ def floors(
     networks, counts, results_dir, data_dir, device, seed, cache_dir, allow_few_samples, inception_weights
 ) -> None:
     """Real-data floors: FID/KID/PR of train vs test and IS of the test set, per network and count."""
-    from bench.data import load_mnist
-    from bench.train import resolve_device
-    from metrics import fidelity
+    from genbench.bench.data import load_mnist
+    from genbench.bench.train import resolve_device
+    from genbench.metrics import fidelity
 
     _fidelity_options(allow_few_samples, inception_weights)
     device_ = resolve_device(device)
@@ -400,9 +398,9 @@ def floors(
 )
 def train_classifier(data_dir, out, seed, epochs, device) -> None:
     """Re-create the `mnist` feature network deterministically (weights + .sha256)."""
-    from bench.data import load_mnist
-    from bench.train import resolve_device
-    from metrics import features
+    from genbench.bench.data import load_mnist
+    from genbench.bench.train import resolve_device
+    from genbench.metrics import features
 
     device_ = resolve_device(device)
     accuracy = features.train_classifier(
@@ -420,7 +418,7 @@ def train_classifier(data_dir, out, seed, epochs, device) -> None:
 @cli.command("list")
 def list_() -> None:
     """Models, their capabilities and profiles; metrics and what they need."""
-    from metrics import METRICS
+    from genbench.metrics import METRICS
 
     click.echo("models:")
     for name, cls in sorted(MODELS.items()):

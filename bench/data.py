@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from genbench.bench.errors import UserError
+from genbench.bench.results import file_sha256
 from torch import Tensor
-
-from bench.errors import UserError
-from bench.results import file_sha256
 
 ENV_VAR = "GENBENCH_DATA"
 DEFAULT_DIR = Path("data")

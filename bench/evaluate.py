@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from bench.data import MNIST
-from bench.errors import UserError
-from bench.results import save_image_grid, save_torch
-from metrics import METRICS, EvalContext, Value, missing_capability
-from metrics.base import EvalConfig, entry
-from models.base import GenerativeModel
+from genbench.bench.data import MNIST
+from genbench.bench.errors import UserError
+from genbench.bench.results import save_image_grid, save_torch
+from genbench.metrics import METRICS, EvalContext, Value, missing_capability
+from genbench.metrics.base import EvalConfig, entry
+from genbench.models.base import GenerativeModel
 
 
 class SampleCollapse(UserError):

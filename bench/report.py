@@ -28,8 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from bench.errors import UserError
+from genbench.bench.errors import UserError
 
 FORMATS = ("md", "csv", "latex", "html")
 DONE = "done"
@@ -1646,7 +1645,7 @@ def nearest_training_images(
 
 def _load_training_images(data_dir: Path | None) -> tuple[np.ndarray | None, str]:
     """MNIST training images (N, 28, 28) uint8, or None and the reason; never downloads."""
-    from bench import data as bench_data
+    from genbench.bench import data as bench_data
 
     try:
         mnist = bench_data.load_mnist(data_dir, download_missing=False)

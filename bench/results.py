@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from bench.errors import UserError
+from genbench.bench.errors import UserError
 
 STATUSES = ("running", "interrupted", "failed", "done")
 

@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from bench import results
-from bench.data import MNIST
-from bench.errors import UserError
-from bench.evaluate import evaluate
-from bench.timing import device_name
-from bench.train import RunOptions, TrainingInterrupted, load_checkpoint, prepare_model, train
-from metrics.base import EVAL_PROFILES, EvalConfig
-from models.base import TrainConfig, get_model_class
+from genbench.bench import results
+from genbench.bench.data import MNIST
+from genbench.bench.errors import UserError
+from genbench.bench.evaluate import evaluate
+from genbench.bench.timing import device_name
+from genbench.bench.train import RunOptions, TrainingInterrupted, load_checkpoint, prepare_model, train
+from genbench.metrics.base import EVAL_PROFILES, EvalConfig
+from genbench.models.base import TrainConfig, get_model_class
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 

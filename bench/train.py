@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from genbench.bench.data import MNIST, batches, epoch_order
+from genbench.bench.errors import UserError
+from genbench.bench.results import save_torch, write_text
+from genbench.bench.timing import PeakMemory, Stopwatch, device_name, synchronize
+from genbench.models.base import GenerativeModel, TrainConfig, bits_per_dim
 from tqdm.auto import tqdm
-
-from bench.data import MNIST, batches, epoch_order
-from bench.errors import UserError
-from bench.results import save_torch, write_text
-from bench.timing import PeakMemory, Stopwatch, device_name, synchronize
-from models.base import GenerativeModel, TrainConfig, bits_per_dim
 
 CHECKPOINT_FORMAT = "genbench-checkpoint-v1"
 PRECISIONS = ("fp32", "bf16")

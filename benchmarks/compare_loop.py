@@ -37,14 +37,13 @@ from pathlib import Path
 
 import torch
 import torchvision
+from genbench import models
+from genbench.bench.data import MNIST, batches, epoch_order, load_mnist, raw_dir, resolve_data_dir
+from genbench.bench.errors import UserError
+from genbench.bench.timing import device_name, synchronize
+from genbench.bench.train import RunOptions, prepare_model, resolve_device, train
 from torch.utils.data import DataLoader
 from torchvision import transforms
-
-import models
-from bench.data import MNIST, batches, epoch_order, load_mnist, raw_dir, resolve_data_dir
-from bench.errors import UserError
-from bench.timing import device_name, synchronize
-from bench.train import RunOptions, prepare_model, resolve_device, train
 
 PROFILE = "quick"
 

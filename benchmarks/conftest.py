@@ -10,10 +10,9 @@ import os
 
 import pytest
 import torch
-
-from bench.errors import UserError
-from bench.timing import device_name
-from bench.train import PRECISIONS, resolve_device
+from genbench.bench.errors import UserError
+from genbench.bench.timing import device_name
+from genbench.bench.train import PRECISIONS, resolve_device
 
 DEVICE_VAR = "GENBENCH_DEVICE"
 PRECISION_VAR = "GENBENCH_PRECISION"

@@ -29,12 +29,11 @@ from typing import Any
 
 import pytest
 import torch
+from genbench import models
+from genbench.bench.timing import device_name, synchronize
+from genbench.bench.train import RunOptions, autocast, prepare_model
+from genbench.models.base import GenerativeModel
 from torch import Tensor
-
-import models
-from bench.timing import device_name, synchronize
-from bench.train import RunOptions, autocast, prepare_model
-from models.base import GenerativeModel
 
 PROFILES = ("smoke", "quick")
 QUICK_BATCH = 128

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from metrics.base import (
+from genbench.metrics.base import (
     METRICS,
     NEEDS,
     EvalContext,

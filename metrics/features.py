@@ -16,13 +16,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from genbench.bench.errors import UserError
+from genbench.bench.results import file_sha256, save_torch, write_text
 from torch import Tensor, nn
 from torch_fidelity import register_feature_extractor
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
-from bench.errors import UserError
-from bench.results import file_sha256, save_torch, write_text
 
 EXTRACTOR_NAME = "genbench-mnist"
 FEATURE_DIM = 128

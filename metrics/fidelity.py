@@ -21,13 +21,12 @@ from typing import Any
 
 import torch
 import torch_fidelity
+from genbench.bench import results
+from genbench.bench.errors import UserError
+from genbench.metrics import features, inception
+from genbench.metrics.base import EvalContext, Output, Value, entry, register_metric
 from torch import Tensor
 from torch.utils.data import Dataset
-
-from bench import results
-from bench.errors import UserError
-from metrics import features, inception
-from metrics.base import EvalContext, Output, Value, entry, register_metric
 
 NETWORKS = ("mnist", "inception")
 REFERENCE_SPLIT = "test"

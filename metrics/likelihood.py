@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from metrics.base import EvalContext, Output, Value, register_metric
-from models.base import bits_per_dim
+from genbench.metrics.base import EvalContext, Output, Value, register_metric
+from genbench.models.base import bits_per_dim
 
 NLL = Output("nll_nats", "NLL", "nats/image", higher_is_better=False)
 BPD = Output("bpd", "Bits/dim", "bits/dim", higher_is_better=False)

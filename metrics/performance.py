@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from metrics.base import EvalContext, Output, Value, register_metric
+from genbench.metrics.base import EvalContext, Output, Value, register_metric
 
 TRAIN_SPEED = Output("train_images_per_s", "Train img/s", "images/s", higher_is_better=True)
 SAMPLE_SPEED = Output("sample_images_per_s", "Sample img/s", "images/s", higher_is_better=True)

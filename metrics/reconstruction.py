@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from metrics.base import EvalContext, Output, Value, register_metric
-from models.base import to_unit
+from genbench.metrics.base import EvalContext, Output, Value, register_metric
+from genbench.models.base import to_unit
 
 MSE = Output("recon_mse", "Recon MSE", "MSE/pixel", higher_is_better=False)
 BCE = Output("recon_bce", "Recon BCE", "nats/image", higher_is_better=False)

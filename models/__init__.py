@@ -4,7 +4,7 @@ the package imports them all, so adding a family is adding one file."""
 import importlib
 import pkgutil
 
-from models.base import MODELS, GenerativeModel, build, get_model_class, model_names, register_model
+from genbench.models.base import MODELS, GenerativeModel, build, get_model_class, model_names, register_model
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":

@@ -16,10 +16,9 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from genbench.models.base import GenerativeModel, TrainConfig, register_model, to_uint8, to_unit
 from torch import Tensor, nn
 from torch.optim import Optimizer
-
-from models.base import GenerativeModel, TrainConfig, register_model, to_uint8, to_unit
 
 # Adam with beta1 = 0.5, as in DCGAN: the default 0.9 makes the two-player dynamics oscillate.
 ADAM_BETAS = (0.5, 0.999)

@@ -26,9 +26,8 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
+from genbench.models.base import GenerativeModel, TrainConfig, bits_per_dim, register_model
 from torch import Tensor, nn
-
-from models.base import GenerativeModel, TrainConfig, bits_per_dim, register_model
 
 
 @dataclasses.dataclass(frozen=True)

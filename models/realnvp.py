@@ -36,10 +36,9 @@ import dataclasses
 import math
 
 import torch
+from genbench.models.base import GenerativeModel, TrainConfig, bits_per_dim, dequantize, register_model
 from torch import Tensor, nn
 from torch.optim import Optimizer
-
-from models.base import GenerativeModel, TrainConfig, bits_per_dim, dequantize, register_model
 
 LOG_2PI = math.log(2.0 * math.pi)
 

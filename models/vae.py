@@ -15,9 +15,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+from genbench.models.base import GenerativeModel, TrainConfig, register_model, to_uint8
 from torch import Tensor, nn
-
-from models.base import GenerativeModel, TrainConfig, register_model, to_uint8
 
 LOG_2PI = math.log(2 * math.pi)
 

@@ -1,8 +1,7 @@
 """Driving `bench` in-process through click's CliRunner, and checking its one-line errors."""
 
 from click.testing import CliRunner
-
-from bench.cli import cli
+from genbench.bench.cli import cli
 
 
 def invoke(*args):

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from bench.data import MNIST, MNIST_FILES, raw_dir, resolve_data_dir
+from genbench.bench.data import MNIST, MNIST_FILES, raw_dir, resolve_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
-import models
+from genbench import models
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 CPU = torch.device("cpu")

@@ -4,9 +4,8 @@ import dataclasses
 
 import pytest
 import torch
-
-import models
-from models.base import PROFILE_NAMES, TrainConfig
+from genbench import models
+from genbench.models.base import PROFILE_NAMES, TrainConfig
 
 NAMES = sorted(models.MODELS)
 

@@ -3,10 +3,9 @@ import struct
 
 import pytest
 import torch
-
-from bench import data as bench_data
-from bench.data import MNIST_FILES, batches, epoch_order, load_mnist, resolve_data_dir, verify
-from bench.errors import UserError
+from genbench.bench import data as bench_data
+from genbench.bench.data import MNIST_FILES, batches, epoch_order, load_mnist, resolve_data_dir, verify
+from genbench.bench.errors import UserError
 
 
 def _write_idx(raw, n_train=20, n_test=10):

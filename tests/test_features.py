@@ -7,12 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
-from bench.errors import UserError
-from bench.results import file_sha256
-from metrics import features
-from metrics.features import (
+from genbench.bench.errors import UserError
+from genbench.bench.results import file_sha256
+from genbench.metrics import features
+from genbench.metrics.features import (
     EXTRACTOR_NAME,
     FEATURE_DIM,
     WEIGHTS_PATH,
@@ -23,6 +21,7 @@ from metrics.features import (
     sha256_path,
     train_classifier,
 )
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 
 def blobs(n: int, seed: int) -> torch.Tensor:
@@ -128,7 +127,7 @@ def test_training_is_reproducible(tmp_path):
 
 @pytest.mark.slow
 def test_committed_classifier_accuracy_on_mnist_test(mnist_dir):
-    from bench.data import load_mnist
+    from genbench.bench.data import load_mnist
 
     data = load_mnist(mnist_dir, download_missing=False)
     accuracy = features.classifier_accuracy(load_classifier(), data.test, data.test_labels)

@@ -9,10 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
-from bench.errors import UserError
-from metrics import METRICS, fidelity, inception
-from metrics.base import EvalConfig, EvalContext
+from genbench.bench.errors import UserError
+from genbench.metrics import METRICS, fidelity, inception
+from genbench.metrics.base import EvalConfig, EvalContext
 
 try:
     from tests.test_features import blobs
@@ -213,7 +212,7 @@ def test_offline_inception_metrics_have_no_is(offline):
 
 @pytest.mark.slow
 def test_inception_score_of_mnist_test_set_with_the_mnist_network(mnist_net, mnist_dir):
-    from bench.data import load_mnist
+    from genbench.bench.data import load_mnist
 
     test = load_mnist(mnist_dir, download_missing=False).test
     result = fidelity.run_torch_fidelity(test, None, mnist_net, fid=False, kid=False, prc=False, isc=True)

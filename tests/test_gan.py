@@ -7,9 +7,8 @@ import math
 
 import pytest
 import torch
-
-from models.base import build, get_model_class
-from models.gan import GAN, GANConfig, from_output_range, slerp, to_output_range
+from genbench.models.base import build, get_model_class
+from genbench.models.gan import GAN, GANConfig, from_output_range, slerp, to_output_range
 
 TINY = GANConfig(latent_dim=8, g_channels=4, d_channels=4)
 
@@ -203,7 +202,7 @@ def test_config_accepts_multiples_of_four_only():
 @pytest.mark.slow
 def test_short_training_on_mnist_moves_samples_towards_the_data():
     """A few hundred steps on real MNIST: dark backgrounds with bright strokes, like the data."""
-    from bench.data import batches, epoch_order, load_mnist
+    from genbench.bench.data import batches, epoch_order, load_mnist
 
     data = load_mnist("/work/shared/data")
     torch.manual_seed(0)

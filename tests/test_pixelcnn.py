@@ -7,10 +7,9 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-
-import models
-from models.base import build
-from models.pixelcnn import PixelCNN, PixelCNNConfig
+from genbench import models
+from genbench.models.base import build
+from genbench.models.pixelcnn import PixelCNN, PixelCNNConfig
 
 
 def tiny(**overrides) -> PixelCNN:

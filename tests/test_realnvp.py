@@ -8,10 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from models import get_model_class
-from models.base import TrainConfig, bits_per_dim
-from models.realnvp import Config, RealNVP, slerp, squeeze, unsqueeze
+from genbench.models import get_model_class
+from genbench.models.base import TrainConfig, bits_per_dim
+from genbench.models.realnvp import Config, RealNVP, slerp, squeeze, unsqueeze
 
 
 def tiny(image_size: int, n_scales: int, **overrides) -> Config:

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 from cli_utils import invoke, one_line_error
-
-import models
+from genbench import models
 
 TIMING_KEYS = {"train_images_per_s", "sample_images_per_s", "peak_memory_mb", "wall_time_s"}
 
@@ -24,7 +23,7 @@ def numbers(run_dir: Path) -> dict:
 
 
 def bench_cmd(*args) -> list[str]:
-    return [sys.executable, "-m", "bench.cli", *map(str, args)]
+    return [sys.executable, "-m", "genbench.bench.cli", *map(str, args)]
 
 
 def smoke_run(out, mnist_dir, name, *extra):
@@ -165,7 +164,7 @@ def test_nan_loss_fails_the_run_with_the_step_and_model(monkeypatch, mnist_dir, 
 
 # --- the catalogue of bad input (usage errors: test_cli.py covers names and numbers) ----------------
 def _fake_data_dir(tmp_path, mnist_dir, truncate: str | None = None) -> Path:
-    from bench.data import MNIST_FILES, raw_dir
+    from genbench.bench.data import MNIST_FILES, raw_dir
 
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -258,7 +257,7 @@ def test_resume_with_a_foreign_model_is_refused(reference_run, tmp_path):
 
 def test_config_is_data_not_code(tmp_path):
     """config.json is parsed as data: an unknown field is refused, nothing is evaluated."""
-    from bench.run import plan_from_config
+    from genbench.bench.run import plan_from_config
 
     config = {
         "model": "vae",
@@ -268,7 +267,7 @@ def test_config_is_data_not_code(tmp_path):
         "train_config": {},
         "eval_config": {},
     }
-    from bench.errors import UserError
+    from genbench.bench.errors import UserError
 
     with pytest.raises(UserError, match="unknown VAEConfig fields"):
         plan_from_config(config)
@@ -287,9 +286,8 @@ def test_every_torch_load_is_weights_only():
 def test_collapsed_samples_end_in_a_clear_message(fake_data, monkeypatch):
     """A GAN whose generator ignores z gets a message, not an FID."""
     import torch
-
-    from bench.evaluate import SampleCollapse, evaluate
-    from metrics.base import EVAL_PROFILES
+    from genbench.bench.evaluate import SampleCollapse, evaluate
+    from genbench.metrics.base import EVAL_PROFILES
 
     gan, _ = models.build("gan", "smoke")
     one = fake_data.test[:1]

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from bench import report
-from bench.errors import UserError
+from genbench.bench import report
+from genbench.bench.errors import UserError
 
 try:  # run as the package "tests" (python -m pytest from the root) or with tests/ on sys.path (pytest)
     from tests import fake_results as fake
@@ -99,7 +98,7 @@ def rendered(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("DISPLAY", raising=False)
         mp.delenv("WAYLAND_DISPLAY", raising=False)
-        mp.setattr("bench.data.load_mnist", lambda *a, **k: _FakeMNIST(train))
+        mp.setattr("genbench.bench.data.load_mnist", lambda *a, **k: _FakeMNIST(train))
         result = report.make_report(results, out, data_dir=root / "mnist")
     return result, results, out
 

@@ -4,10 +4,9 @@ import dataclasses
 
 import pytest
 import torch
-
-import models
-from bench.errors import UserError
-from bench.train import NonFiniteLoss, RunOptions, load_checkpoint, prepare_model, train, validate
+from genbench import models
+from genbench.bench.errors import UserError
+from genbench.bench.train import NonFiniteLoss, RunOptions, load_checkpoint, prepare_model, train, validate
 
 CPU = RunOptions(device=torch.device("cpu"), progress=False, warmup_steps=1)
 
@@ -37,7 +36,7 @@ def test_train_writes_history_validation_and_checkpoint(fake_data, tmp_path):
 
 def test_resume_is_bit_identical(fake_data, tmp_path, monkeypatch):
     """Die right after the step-8 checkpoint, resume: the same weights as 16 steps straight."""
-    import bench.train
+    import genbench.bench.train
 
     base = models.build("vae", "smoke")[1]
     cfg16 = dataclasses.replace(
@@ -48,17 +47,17 @@ def test_resume_is_bit_identical(fake_data, tmp_path, monkeypatch):
     class Killed(Exception):
         pass
 
-    original = bench.train.save_checkpoint
+    original = genbench.bench.train.save_checkpoint
 
     def save_then_die(path, model, optimizers, state, identity):
         original(path, model, optimizers, state, identity)
         if state.step == 8:
             raise Killed
 
-    monkeypatch.setattr(bench.train, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(genbench.bench.train, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         _run(fake_data, tmp_path / "b", cfg16)
-    monkeypatch.setattr(bench.train, "save_checkpoint", original)
+    monkeypatch.setattr(genbench.bench.train, "save_checkpoint", original)
     resumed, state, _ = _run(fake_data, tmp_path / "b", cfg16, resume=True)
     assert state.step == 16
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=False):

@@ -2,9 +2,8 @@ import math
 
 import pytest
 import torch
-
-import models
-from models.vae import VAEConfig, discretized_logistic_log_prob, discretized_logistic_probs
+from genbench import models
+from genbench.models.vae import VAEConfig, discretized_logistic_log_prob, discretized_logistic_probs
 
 
 def test_discretized_logistic_is_normalized_over_levels():
@@ -55,7 +54,7 @@ def test_elbo_below_iwae_and_iwae_grows_with_k():
 
 @pytest.mark.slow
 def test_reconstruction_error_falls_with_training(mnist_dir):
-    from bench.data import batches, epoch_order, load_mnist
+    from genbench.bench.data import batches, epoch_order, load_mnist
 
     data = load_mnist(mnist_dir)
     torch.manual_seed(0)
