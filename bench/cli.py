@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import click
-from genbench.bench.errors import UserError
+from genbench.core.errors import UserError
 from genbench.models.base import ALIASES, MODELS, PROFILE_NAMES, model_names
 
 

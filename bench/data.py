@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from genbench.bench.errors import UserError
-from genbench.bench.results import file_sha256
+from genbench.core.errors import UserError
+from genbench.core.files import file_sha256
 from torch import Tensor
 
 ENV_VAR = "GENBENCH_DATA"

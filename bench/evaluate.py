@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 from genbench.bench.data import MNIST
-from genbench.bench.errors import UserError
-from genbench.bench.results import save_image_grid, save_torch
+from genbench.core.errors import UserError
+from genbench.core.files import save_image_grid, save_torch
 from genbench.metrics import METRICS, EvalContext, Value, missing_capability
 from genbench.metrics.base import EvalConfig, entry
 from genbench.models.base import GenerativeModel

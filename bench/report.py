@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from genbench.bench.errors import UserError
+from genbench.core.errors import UserError
 
 FORMATS = ("md", "csv", "latex", "html")
 DONE = "done"

@@ -1,107 +1,17 @@
-"""Run folders and atomic writes: every file appears whole or not at all."""
+"""Run folders: their ids, creation, status and provenance. Files are written through
+``genbench.core.files`` (atomic: each appears whole or not at all)."""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import datetime as dt
-import hashlib
-import io
-import json
-import math
-import os
 import platform
-import secrets
 import subprocess
 from pathlib import Path
-from typing import Any
 
-import torch
-from genbench.bench.errors import UserError
+from genbench.core.errors import UserError
+from genbench.core.files import write_json
 
 STATUSES = ("running", "interrupted", "failed", "done")
-
-
-def write_bytes(path: Path, payload: bytes) -> None:
-    """Write through a temporary file in the same folder, then os.replace: a crash never leaves a
-    half-written file under the final name. os.open with 0o666 keeps the umask's permissions
-    (mkstemp would make every result file private)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as exc:
-        raise UserError(
-            f"cannot write to {path.parent} ({exc.strerror or exc}); pass --out to a writable folder"
-        ) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None  # JSON has no NaN; a non-finite number is recorded as missing
-    if isinstance(obj, (Path, torch.device, torch.dtype)):
-        return str(obj)
-    return obj
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_bytes(path, (json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n").encode())
-
-
-def write_text(path: Path, text: str) -> None:
-    write_bytes(path, text.encode())
-
-
-def save_torch(path: Path, obj: Any) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_bytes(path, buffer.getvalue())
-
-
-def save_image_grid(path: Path, images: torch.Tensor, nrow: int = 8) -> None:
-    """uint8 (N, C, H, W) -> PNG grid."""
-    from PIL import Image
-    from torchvision.utils import make_grid
-
-    grid = make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=128)  # (3, H', W') uint8
-    pixels = grid[0] if images.shape[1] == 1 else grid.permute(1, 2, 0)  # grey or RGB
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.numpy()).save(buffer, format="PNG")
-    write_bytes(path, buffer.getvalue())
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON (line {exc.lineno}): fix or delete it") from None
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist") from None
 
 
 def now_iso() -> str:

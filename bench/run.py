@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from genbench.bench import results
 from genbench.bench.data import MNIST
-from genbench.bench.errors import UserError
 from genbench.bench.evaluate import evaluate
 from genbench.bench.timing import device_name
 from genbench.bench.train import RunOptions, TrainingInterrupted, load_checkpoint, prepare_model, train
+from genbench.core import files
+from genbench.core.errors import UserError
 from genbench.metrics.base import EVAL_PROFILES, EvalConfig
 from genbench.models.base import TrainConfig, get_model_class
 
@@ -28,7 +29,7 @@ CHECKPOINT = Path("checkpoints") / "last.pt"
 
 def _as_data(obj: Any) -> Any:
     """JSON round trip, so in-memory configs compare equal to the ones read back from config.json."""
-    return json.loads(json.dumps(results._jsonable(obj)))
+    return json.loads(json.dumps(files._jsonable(obj)))
 
 
 def _from_data(cls: type, values: dict[str, Any]):
@@ -141,7 +142,7 @@ def start(
         "versions": results.versions(),
         "command": sys.argv,
     }
-    results.write_json(run_dir / "config.json", config)
+    files.write_json(run_dir / "config.json", config)
     results.set_status(run_dir, "running")
     return run_dir
 
@@ -149,7 +150,7 @@ def start(
 def read_run(run_dir: Path) -> tuple[dict[str, Any], RunPlan]:
     if not (run_dir / "config.json").is_file():
         raise UserError(f"{run_dir} is not a run folder (no config.json); pass a folder under results/")
-    config = results.read_json(run_dir / "config.json")
+    config = files.read_json(run_dir / "config.json")
     try:
         return config, plan_from_config(config)
     except (KeyError, TypeError, ValueError) as exc:
@@ -186,7 +187,7 @@ def execute(
             "device": options.device.type,
             "metrics": entries,
         }
-        results.write_json(run_dir / "metrics.json", report)
+        files.write_json(run_dir / "metrics.json", report)
     except TrainingInterrupted as exc:
         results.set_status(run_dir, "interrupted", str(exc))
         raise TrainingInterrupted(f"{exc}; resume with: bench run --resume {run_dir}") from None

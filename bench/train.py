@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 from genbench.bench.data import MNIST, batches, epoch_order
-from genbench.bench.errors import UserError
-from genbench.bench.results import save_torch, write_text
 from genbench.bench.timing import PeakMemory, Stopwatch, device_name, synchronize
+from genbench.core.errors import UserError
+from genbench.core.files import save_torch, write_text
 from genbench.models.base import GenerativeModel, TrainConfig, bits_per_dim
 from tqdm.auto import tqdm
 

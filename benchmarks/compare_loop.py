@@ -39,9 +39,9 @@ import torch
 import torchvision
 from genbench import models
 from genbench.bench.data import MNIST, batches, epoch_order, load_mnist, raw_dir, resolve_data_dir
-from genbench.bench.errors import UserError
 from genbench.bench.timing import device_name, synchronize
 from genbench.bench.train import RunOptions, prepare_model, resolve_device, train
+from genbench.core.errors import UserError
 from torch.utils.data import DataLoader
 from torchvision import transforms
 

@@ -10,9 +10,9 @@ import os
 
 import pytest
 import torch
-from genbench.bench.errors import UserError
 from genbench.bench.timing import device_name
 from genbench.bench.train import PRECISIONS, resolve_device
+from genbench.core.errors import UserError
 
 DEVICE_VAR = "GENBENCH_DEVICE"
 PRECISION_VAR = "GENBENCH_PRECISION"

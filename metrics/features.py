@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from genbench.bench.errors import UserError
-from genbench.bench.results import file_sha256, save_torch, write_text
+from genbench.core.errors import UserError
+from genbench.core.files import file_sha256, save_torch, write_text
 from torch import Tensor, nn
 from torch_fidelity import register_feature_extractor
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase

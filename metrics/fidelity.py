@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 import torch_fidelity
-from genbench.bench import results
-from genbench.bench.errors import UserError
+from genbench.core import files
+from genbench.core.errors import UserError
 from genbench.metrics import features, inception
 from genbench.metrics.base import EvalContext, Output, Value, entry, register_metric
 from torch import Tensor
@@ -347,5 +347,5 @@ def floors_path(results_dir: str | os.PathLike, network: str, n_samples: int) ->
 def write_floors(results_dir: str | os.PathLike, floors: dict[str, Any]) -> Path:
     """Write a compute_floors document to <results_dir>/floors/<net>_n<count>.json atomically."""
     path = floors_path(results_dir, floors["feature_network"], floors["n_samples"])
-    results.write_json(path, floors)
+    files.write_json(path, floors)
     return path

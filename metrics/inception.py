@@ -23,8 +23,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from genbench.bench import results
-from genbench.bench.errors import UserError
+from genbench.core import files
+from genbench.core.errors import UserError
 from torch import Tensor
 from torch_fidelity import register_feature_extractor
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
@@ -57,7 +57,7 @@ class InceptionSource:
 
 @functools.lru_cache(maxsize=8)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    return results.file_sha256(Path(path))
+    return files.file_sha256(Path(path))
 
 
 def file_sha256(path: Path) -> str:

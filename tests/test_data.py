@@ -5,7 +5,7 @@ import pytest
 import torch
 from genbench.bench import data as bench_data
 from genbench.bench.data import MNIST_FILES, batches, epoch_order, load_mnist, resolve_data_dir, verify
-from genbench.bench.errors import UserError
+from genbench.core.errors import UserError
 
 
 def _write_idx(raw, n_train=20, n_test=10):

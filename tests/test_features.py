@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from genbench.bench.errors import UserError
-from genbench.bench.results import file_sha256
+from genbench.core.errors import UserError
+from genbench.core.files import file_sha256
 from genbench.metrics import features
 from genbench.metrics.features import (
     EXTRACTOR_NAME,

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from genbench.bench.errors import UserError
+from genbench.core.errors import UserError
 from genbench.metrics import METRICS, fidelity, inception
 from genbench.metrics.base import EvalConfig, EvalContext
 

@@ -267,7 +267,7 @@ def test_config_is_data_not_code(tmp_path):
         "train_config": {},
         "eval_config": {},
     }
-    from genbench.bench.errors import UserError
+    from genbench.core.errors import UserError
 
     with pytest.raises(UserError, match="unknown VAEConfig fields"):
         plan_from_config(config)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from genbench.bench import report
-from genbench.bench.errors import UserError
+from genbench.core.errors import UserError
 
 try:  # run as the package "tests" (python -m pytest from the root) or with tests/ on sys.path (pytest)
     from tests import fake_results as fake

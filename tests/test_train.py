@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 from genbench import models
-from genbench.bench.errors import UserError
 from genbench.bench.train import NonFiniteLoss, RunOptions, load_checkpoint, prepare_model, train, validate
+from genbench.core.errors import UserError
 
 CPU = RunOptions(device=torch.device("cpu"), progress=False, warmup_steps=1)
 
