@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import click
+
 from genbench.core.errors import UserError
 from genbench.models.base import ALIASES, MODELS, PROFILE_NAMES, model_names
 
@@ -34,22 +34,44 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-def _fidelity_flags(command):
-    """--allow-few-samples and --inception-weights, shared by every command that computes FID;
-    ``_fidelity_options`` applies them."""
-    command = click.option(
+def _options(*decorators):
+    """Several click options as one decorator, so an option shared by commands is declared once."""
+
+    def apply(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder holding MNIST/raw/ (else $GENBENCH_DATA, else ./data; downloaded when missing).",
+)
+device_option = click.option("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps", help="Device.")
+cache_dir_option = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Cache for real-data feature statistics.  [default: OUT/.cache]",
+)
+fidelity_options = _options(
+    click.option(
+        "--allow-few-samples",
+        is_flag=True,
+        help="Compute FID even with fewer samples than the feature dimension (rank-deficient covariance).",
+    ),
+    click.option(
         "--inception-weights",
         type=click.Path(dir_okay=False, exists=True, path_type=Path),
         default=None,
         envvar="GENBENCH_INCEPTION_WEIGHTS",
         help="torch-fidelity's Inception weights file (gives IS); else the offline port (no IS).",
-    )(command)
-    command = click.option(
-        "--allow-few-samples",
-        is_flag=True,
-        help="Compute FID even with fewer samples than the feature dimension (rank-deficient covariance).",
-    )(command)
-    return command
+    ),
+)
 
 
 def _parse_models(ctx, param, value: str | None) -> tuple[str, ...]:
@@ -78,6 +100,10 @@ def _parse_seeds(ctx, param, value: str | None) -> tuple[int, ...]:
     return tuple(dict.fromkeys(seeds))
 
 
+def _given(**values) -> dict:
+    return {k: v for k, v in values.items() if v is not None and v is not False}
+
+
 @cli.command()
 @click.option(
     "--models",
@@ -98,13 +124,8 @@ def _parse_seeds(ctx, param, value: str | None) -> tuple[int, ...]:
     default=Path("results"),
     help="Folder for run folders.",
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Folder holding MNIST/raw/ (else $GENBENCH_DATA, else ./data; downloaded when missing).",
-)
-@click.option("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps", help="Training device.")
+@data_dir_option
+@device_option
 @click.option(
     "--precision",
     type=click.Choice(["auto", "fp32", "bf16"]),
@@ -140,13 +161,8 @@ def _parse_seeds(ctx, param, value: str | None) -> tuple[int, ...]:
     metavar="RUN_DIR",
     help="Continue a stopped run from its last checkpoint.",
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Cache for real-data feature statistics.  [default: OUT/.cache]",
-)
-@_fidelity_flags
+@cache_dir_option
+@fidelity_options
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config of each run as JSON and exit.")
 def run(
@@ -169,95 +185,39 @@ def run(
     overwrite,
     resume,
     cache_dir,
-    progress,
     allow_few_samples,
     inception_weights,
+    progress,
     dry_run,
 ) -> None:
     """Train and evaluate models; one run folder per (model, seed) under OUT."""
-    import torch
     from genbench.bench import run as runs
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-    from genbench.bench.data import load_mnist, resolve_data_dir
-    from genbench.bench.train import RunOptions, resolve_device
-
-    train_overrides = {
-        k: v
-        for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_steps": max_steps}.items()
-        if v is not None
-    }
-    eval_overrides = {k: v for k, v in {"n_samples": n_samples, "iwae_k": iwae_k}.items() if v is not None}
-    device_ = resolve_device(device)
-    options = RunOptions(
-        device=device_,
+    request = runs.RunRequest(
+        models=models,
+        profile=profile,
+        seeds=seeds,
+        out=out,
+        data_dir=data_dir,
+        device=device,
+        precision=precision,
         compile=compile_,
+        threads=threads,
+        train_overrides=_given(epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps),
+        eval_overrides=_given(
+            n_samples=n_samples,
+            iwae_k=iwae_k,
+            allow_few_samples=allow_few_samples,
+            inception_weights=str(inception_weights.resolve()) if inception_weights else None,
+        ),
+        name=name,
+        overwrite=overwrite,
+        resume=resume,
+        cache_dir=cache_dir,
         progress=progress,
-        precision=("bf16" if device_.type == "cuda" else "fp32") if precision == "auto" else precision,
+        dry_run=dry_run,
     )
-
-    if resume is not None:
-        given = [
-            flag
-            for flag, v in (
-                ("--models", models),
-                ("--profile", profile),
-                ("--seeds", seeds),
-                ("--name", name),
-                ("--overwrite", overwrite),
-            )
-            if v
-        ]
-        given += [f"--{k.replace('_', '-')}" for k in {**train_overrides, **eval_overrides}]
-        if given:
-            raise click.UsageError(f"--resume continues a run with its own config; drop {', '.join(given)}")
-        config, plan = runs.read_run(resume)
-        targets = [(plan, resume)]
-        if data_dir is None and config.get("data_dir") and Path(config["data_dir"]).is_dir():
-            data_dir = Path(config["data_dir"])
-    else:
-        plans = [
-            runs.plan(m, profile or "quick", s, train_overrides, eval_overrides)
-            for m in (models or ("vae",))
-            for s in (seeds or (0,))
-        ]
-        targets = [(p, None) for p in plans]
-    if dry_run:
-        click.echo(json.dumps([runs.describe(p, options) for p, _ in targets], indent=2))
-        return
-
-    _fidelity_options(allow_few_samples, inception_weights)
-    if device_.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    data = load_mnist(data_dir, device=device_)
-    cache = cache_dir or (resume.parent if resume is not None else out) / ".cache"
-    failures = []
-    for plan, run_dir in targets:
-        run_dir = run_dir or runs.start(
-            plan, options, out, name, overwrite, data_dir=resolve_data_dir(data_dir)
-        )
-        click.echo(f"{plan.model} seed {plan.seed} ({plan.profile}) on {device_} -> {run_dir}", err=True)
-        try:
-            report = runs.execute(run_dir, data, options, resume=run_dir == resume, cache_dir=cache)
-        except UserError as exc:
-            if isinstance(exc, runs.TrainingInterrupted) or len(targets) == 1:
-                raise
-            failures.append(f"{run_dir.name}: {exc}")  # one diverged model does not stop the others
-            click.echo(f"error: {exc}", err=True)
-            continue
-        click.echo(runs.summary_line(report))
-    if failures:
-        raise UserError(f"{len(failures)} of {len(targets)} runs failed: " + "; ".join(failures))
-
-
-def _fidelity_options(allow_few_samples: bool, inception_weights: Path | None) -> None:
-    from genbench.metrics import fidelity
-
-    if allow_few_samples:
-        fidelity.ALLOW_FEW_SAMPLES = True
-    if inception_weights is not None:
-        os.environ["GENBENCH_INCEPTION_WEIGHTS"] = str(inception_weights)
+    runs.run_all(request, echo=click.echo)
 
 
 @cli.command()
@@ -348,43 +308,39 @@ def report(results_dir, out, formats, models, profile, since, run_ids, include_u
     default=Path("results"),
     help="Floors go to RESULTS/floors/.",
 )
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Folder holding MNIST/raw/.")
-@click.option("--device", default="auto", metavar="auto|cpu|cuda", help="Device for the feature network.")
-@click.option("--seed", type=click.IntRange(min=0), default=0)
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Feature-statistics cache.  [default: RESULTS/.cache]",
-)
-@_fidelity_flags
+@data_dir_option
+@device_option
+@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the random training images.")
+@cache_dir_option
+@fidelity_options
 def floors(
     networks, counts, results_dir, data_dir, device, seed, cache_dir, allow_few_samples, inception_weights
 ) -> None:
     """Real-data floors: FID/KID/PR of train vs test and IS of the test set, per network and count."""
     from genbench.bench.data import load_mnist
-    from genbench.bench.train import resolve_device
+    from genbench.bench.device import resolve_device
     from genbench.metrics import fidelity
 
-    _fidelity_options(allow_few_samples, inception_weights)
     device_ = resolve_device(device)
     data = load_mnist(data_dir)
     for network in networks:
         for n in counts:
             doc = fidelity.compute_floors(
-                data, network, n, cache_dir or results_dir / ".cache", device_, seed
-            )
+                data, network, n, cache_dir or results_dir / ".cache", device_, seed,
+                inception_weights=inception_weights, allow_few_samples=allow_few_samples,
+            )  # fmt: skip
             path = fidelity.write_floors(results_dir, doc)
             values = ", ".join(
                 f"{e['label']} {e['value']:.4g}" for e in doc["metrics"].values() if e["value"] is not None
             )
             click.echo(
-                f"{network} n={doc['n_samples']} (train vs test, seed {seed}, {device_}): {values} -> {path}"
+                f"{network} n={doc['n_samples']} (train vs {doc['reference']}, seed {seed}, {device_}): "
+                f"{values} -> {path}"
             )
 
 
 @cli.command("train-classifier")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Folder holding MNIST/raw/.")
+@data_dir_option
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -399,7 +355,7 @@ def floors(
 def train_classifier(data_dir, out, seed, epochs, device) -> None:
     """Re-create the `mnist` feature network deterministically (weights + .sha256)."""
     from genbench.bench.data import load_mnist
-    from genbench.bench.train import resolve_device
+    from genbench.bench.device import resolve_device
     from genbench.metrics import features
 
     device_ = resolve_device(device)
@@ -423,14 +379,19 @@ def list_() -> None:
     click.echo("models:")
     for name, cls in sorted(MODELS.items()):
         aliases = [a for a, target in ALIASES.items() if target == name]
+        capabilities = [
+            f"likelihood={cls.likelihood or 'none'}",
+            *(flag for flag, has in (("iwae", cls.importance_weighted), ("reconstruct", cls.can_reconstruct),
+                                     ("interpolate", cls.can_interpolate)) if has),
+        ]  # fmt: skip
         click.echo(
-            f"  {name:<10} likelihood={cls.likelihood or 'none':<6} reconstruct={str(cls.can_reconstruct):<5}"
-            f" profiles={','.join(cls.profiles)}" + (f" aliases={','.join(aliases)}" if aliases else "")
+            f"  {name:<10} {' '.join(capabilities):<48} profiles={','.join(cls.profiles)}"
+            + (f" aliases={','.join(aliases)}" if aliases else "")
         )
     click.echo("metrics:")
     for metric in METRICS.values():
         needs = ",".join(sorted(metric.needs)) or "-"
-        click.echo(f"  {metric.name:<18} needs={needs:<12} -> {', '.join(o.key for o in metric.outputs)}")
+        click.echo(f"  {metric.name:<18} needs={needs:<20} -> {', '.join(o.key for o in metric.outputs)}")
 
 
 def main() -> None:

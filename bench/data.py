@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch import Tensor
+
 from genbench.core.errors import UserError
 from genbench.core.files import file_sha256
-from torch import Tensor
 
 ENV_VAR = "GENBENCH_DATA"
 DEFAULT_DIR = Path("data")
@@ -41,6 +42,12 @@ class MNIST:
     train_labels: Tensor
     val_labels: Tensor
     test_labels: Tensor
+    name: str = "mnist"  # the dataset's registry name, recorded in every protocol
+    levels: int = 256  # intensity levels per pixel; pixels are integers 0..levels-1
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.shape[1:])
 
     def split(self, name: str) -> Tensor:
         if name not in ("train", "val", "test"):

@@ -1,22 +1,55 @@
 """Evaluation: run every registered metric a model supports, record "n/a" with the reason for the
-rest, and write the sample artifacts. Evaluation runs in fp32 whatever the training precision."""
+rest, state the run-level protocol, and write the sample artifacts. Evaluation runs in fp32
+whatever the training precision.
+
+Metrics that need samples run once per sample mode of the model (the VAE's decoder means and its
+sampled pixels); values of a non-default mode are keyed ``KEY[mode]`` (``core.schema``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
+
 from genbench.bench.data import MNIST
 from genbench.core.errors import UserError
 from genbench.core.files import save_image_grid, save_torch
-from genbench.metrics import METRICS, EvalContext, Value, missing_capability
-from genbench.metrics.base import EvalConfig, entry
+from genbench.core.schema import SCHEMA_VERSION, Value, entry, variant_key
+from genbench.metrics import METRICS, EvalContext, missing_capability
+from genbench.metrics.base import EvalConfig, describe_subset
+from genbench.metrics.fidelity import REFERENCE_SPLIT, network_ids
 from genbench.models.base import GenerativeModel
 
 
 class SampleCollapse(UserError):
     """Every sample is (nearly) the same image."""
+
+
+def protocol_block(
+    data: MNIST, config: EvalConfig, profile: str, device: torch.device, precision: str
+) -> dict[str, Any]:
+    """The run-level protocol of metrics.json: what every number of the run depends on besides the
+    model and the seed. Runs with equal blocks were measured identically."""
+    n_test = len(data.test)
+    n_reference = min(config.n_samples, n_test)
+    return {
+        "profile": profile,
+        "dataset": data.name,
+        "levels": data.levels,
+        "image_shape": list(data.image_shape),
+        "device": device.type,
+        "precision": precision,
+        "test_images": min(config.n_test or n_test, n_test),
+        "test_subset": describe_subset(n_test, config.n_test, config.subset_seed),
+        "iwae_k": config.iwae_k,
+        "iwae_images": min(config.iwae_images or config.n_test or n_test, n_test),
+        "n_samples": config.n_samples,
+        "reference": f"{REFERENCE_SPLIT}, {describe_subset(n_test, n_reference, config.subset_seed)}",
+        "feature_networks": network_ids(config),
+    }
 
 
 def evaluate(
@@ -29,7 +62,7 @@ def evaluate(
     run_dir: Path | None = None,
     cache_dir: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """{metric key: entry} for every output of every registered metric (see .notes in README)."""
+    """{metrics.json key: entry} for every output of every registered metric, per sample mode."""
     model.eval()
     ctx = EvalContext(
         model=model,
@@ -42,20 +75,51 @@ def evaluate(
         train_summary=dict(train_summary or {}),
     )
     check_not_collapsed(model, ctx.samples(), data.test)
+    modes = model.sample_modes()
+    default_mode = next(iter(modes))
     entries: dict[str, dict[str, Any]] = {}
     for metric in METRICS.values():
-        # Each metric starts from the same seed, so its noise (dequantization, posterior samples) does
-        # not depend on which metrics ran before it or on what a cache saved them from computing.
-        torch.manual_seed(seed)
         reason = missing_capability(model, metric.needs)
-        values = {o.key: Value(None, na=reason) for o in metric.outputs} if reason else metric.compute(ctx)
-        for output in metric.outputs:
-            if output.key not in values:
-                raise RuntimeError(f"metric {metric.name!r} did not return {output.key!r}")
-            entries[output.key] = entry(output, values[output.key])
+        for mode in modes if "samples" in metric.needs else (default_mode,):
+            # Each metric starts from the same seed, so its noise (dequantization, posterior samples)
+            # does not depend on which metrics ran before it or on what a cache saved them from computing.
+            torch.manual_seed(seed)
+            ctx.mode = None if mode == default_mode else mode
+            if reason:
+                values = {o.key: Value(None, na=reason) for o in metric.outputs}
+            else:
+                values = metric.compute(ctx)
+            variant = modes[mode] if "samples" in metric.needs and modes[mode] else None
+            for output in metric.outputs:
+                if output.key not in values:
+                    raise RuntimeError(f"metric {metric.name!r} did not return {output.key!r}")
+                value = values[output.key]
+                if variant:
+                    value = dataclasses.replace(value, protocol={**value.protocol, "sample_mode": variant})
+                entries[variant_key(output.key, ctx.mode)] = entry(output, value, variant=variant)
+    ctx.mode = None
     if run_dir is not None:
         write_sample_artifacts(model, ctx, run_dir)
     return entries
+
+
+def metrics_document(
+    run_id: str, model: GenerativeModel, seed: int, protocol: dict[str, Any], entries: dict[str, Any]
+) -> dict[str, Any]:
+    """The whole of metrics.json (schema in ``genbench.core.schema``)."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": run_id,
+        "model": model.name,
+        "seed": seed,
+        "protocol": protocol,
+        "model_protocol": {
+            "sample_modes": model.sample_modes(),
+            "likelihood": model.likelihood,
+            "likelihood_estimator": model.likelihood_estimator() if model.likelihood else None,
+        },
+        "metrics": entries,
+    }
 
 
 # Samples' pixel spread below 0.5% of the test set's: one image, repeated. A smoke GAN after 30 steps
@@ -80,11 +144,12 @@ def check_not_collapsed(model: GenerativeModel, samples: torch.Tensor, reference
 
 def write_sample_artifacts(model: GenerativeModel, ctx: EvalContext, run_dir: Path) -> None:
     grid = ctx.samples()[:64]  # (<=64, C, H, W) uint8, the first of the evaluated samples
-    save_image_grid(run_dir / "samples.png", grid)
+    save_image_grid(run_dir / "samples.png", grid, levels=model.levels)
     save_torch(run_dir / "samples.pt", grid.clone())
-    interpolate = getattr(model, "latent_interpolation", None)
-    if interpolate is not None:
+    if model.can_interpolate:
         generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 1)
         with torch.inference_mode():
-            strips = interpolate(8, 10, generator=generator).cpu()  # (8, 10, C, H, W)
-        save_image_grid(run_dir / "interpolation.png", strips.flatten(0, 1), nrow=strips.shape[1])
+            strips = model.interpolate(8, 10, generator=generator).cpu()  # (8, 10, C, H, W)
+        save_image_grid(
+            run_dir / "interpolation.png", strips.flatten(0, 1), nrow=strips.shape[1], levels=model.levels
+        )

@@ -79,6 +79,12 @@ class PeakMemory:
     def peak_mb(self) -> float:
         return self.peak_bytes / 2**20
 
+    def peak_mb_now(self) -> float:
+        """The peak so far, while the block is still running."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return max(self.peak_bytes, _current_rss_bytes() or 0) / 2**20
+
 
 class Stopwatch:
     """Wall time that counts only while running, synchronized with the device at each read."""

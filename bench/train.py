@@ -1,6 +1,6 @@
-"""The one training loop. It owns the mechanics (device, precision, timing, checkpoints, resume,
-validation) and never asks which model it has: the model owns its math through ``train_step`` and
-``loss``.
+"""The one training loop. It owns the mechanics (device, precision, optimizers and their schedule,
+clipping, EMA, timing, checkpoints, resume, validation) and never asks which model it has: the
+model owns its math through ``train_step`` and ``loss``.
 
 Host syncs happen only every ``log_every`` steps (history row, progress bar, finiteness check) and
 before each checkpoint, so a checkpoint never holds a state reached through a non-finite loss.
@@ -8,11 +8,9 @@ before each checkpoint, so a checkpoint never holds a state reached through a no
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import io
-import math
 import signal
 import threading
 import time
@@ -20,15 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from genbench.bench.data import MNIST, batches, epoch_order
-from genbench.bench.timing import PeakMemory, Stopwatch, device_name, synchronize
-from genbench.core.errors import UserError
-from genbench.core.files import save_torch, write_text
-from genbench.models.base import GenerativeModel, TrainConfig, bits_per_dim
 from tqdm.auto import tqdm
 
-CHECKPOINT_FORMAT = "genbench-checkpoint-v1"
-PRECISIONS = ("fp32", "bf16")
+from genbench.bench.checkpoint import LoopState, restore, save_checkpoint
+from genbench.bench.data import MNIST, batches, epoch_order
+from genbench.bench.device import autocast
+from genbench.bench.optim import EMA, Optimizers
+from genbench.bench.timing import PeakMemory, Stopwatch, device_name, synchronize
+from genbench.core.errors import UserError
+from genbench.core.files import write_text
+from genbench.models.base import GenerativeModel, TrainConfig, bits_per_dim
 
 
 class NonFiniteLoss(UserError):
@@ -36,7 +35,7 @@ class NonFiniteLoss(UserError):
 
 
 class TrainingInterrupted(UserError):
-    """Ctrl-C: a checkpoint was written and the run can be resumed."""
+    """Ctrl-C or SIGTERM: a checkpoint was written and the run can be resumed."""
 
     exit_code = 130  # the shell's convention for a SIGINT
 
@@ -49,114 +48,13 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
+    """How a run executes; none of it changes what is computed, only where and how fast."""
+
     device: torch.device
     precision: str = "fp32"
     compile: bool = False
     progress: bool = True
     warmup_steps: int = 5  # steps excluded from the throughput figure (allocator, cudnn autotune, compile)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """ "auto" picks cuda, then mps, then cpu; an explicit device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name}: MPS is not available here; use --device cpu or auto")
-    return device
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for the network's matmuls and convolutions; models keep likelihood sums in fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def prepare_model(model: GenerativeModel, options: RunOptions) -> GenerativeModel:
-    """Move to the device; channels_last and torch.compile where asked (compiles each submodule in
-    place, so state_dict keys and the model's own methods stay as they are)."""
-    model.to(options.device)
-    if options.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        model.to(memory_format=torch.channels_last)
-    if options.compile:
-        for child in model.children():
-            child.compile()
-    return model
-
-
-# --- checkpoints ----------------------------------------------------------------------------------
-@dataclasses.dataclass
-class LoopState:
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0  # batches of ``epoch`` already done
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    timed_images: int = 0  # images and seconds after warm-up, for the throughput figure
-    timed_seconds: float = 0.0
-    timed_steps: int = 0
-    wall_time_s: float = 0.0
-    validated_epoch: int = -1  # last epoch whose end-of-epoch validation ran
-
-
-def save_checkpoint(path: Path, model, optimizers, state: LoopState, identity: dict) -> None:
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    save_torch(
-        path,
-        {
-            "format": CHECKPOINT_FORMAT,
-            "identity": identity,
-            "model": model.state_dict(),
-            "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-            "state": dataclasses.asdict(state),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": cuda_rng,
-        },
-    )
-
-
-def load_checkpoint(path: Path, identity: dict) -> dict:
-    """Read a checkpoint safely (weights_only) and check it belongs to this run."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(
-            f"no checkpoint at {path}: the run stopped before its first checkpoint; start it again"
-        ) from None
-    except Exception as exc:
-        raise UserError(
-            f"checkpoint {path} is truncated or not a genbench checkpoint ({type(exc).__name__}); "
-            "delete it and start the run again"
-        ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"checkpoint {path} is not a {CHECKPOINT_FORMAT} checkpoint; start the run again")
-    if ckpt.get("identity") != identity:
-        theirs = ckpt.get("identity") or {}
-        diff = sorted(k for k in set(identity) | set(theirs) if identity.get(k) != theirs.get(k))
-        raise UserError(
-            f"checkpoint {path} belongs to a different run (differs in {', '.join(diff)}); "
-            "resume with the run's own config"
-        )
-    return ckpt
-
-
-def restore(ckpt: dict, model, optimizers) -> LoopState:
-    model.load_state_dict(ckpt["model"])
-    for name, opt in optimizers.items():
-        opt.load_state_dict(ckpt["optimizers"][name])
-    torch.set_rng_state(ckpt["rng_cpu"])
-    if ckpt["rng_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
-    return LoopState(**ckpt["state"])
 
 
 class _StopFlag:
@@ -196,80 +94,165 @@ def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, buffer.getvalue())
 
 
-# --- the loop --------------------------------------------------------------------------------------
-def _dims(model: GenerativeModel) -> int:
-    return math.prod(model.image_shape)
-
-
 @torch.no_grad()
 def validate(
     model: GenerativeModel, images: torch.Tensor, batch_size: int, options: RunOptions
 ) -> dict[str, float]:
     """Mean of the model's loss terms over ``images``; bits/dim too for likelihood models (whose
-    "loss" is the NLL, or negative bound, in nats per image)."""
+    "loss" is the NLL, or negative bound, in nats per image). Runs in fp32 like the evaluation, so
+    validation bits/dim are comparable with the final ones."""
     model.eval()
     totals: dict[str, torch.Tensor] = {}
-    with autocast(options.device, options.precision):
-        for x in batches(images, batch_size):
-            for key, value in model.loss(x).items():
-                totals[key] = totals.get(key, 0.0) + value.detach().float() * len(x)
+    for x in batches(images, batch_size):
+        for key, value in model.loss(x).items():
+            totals[key] = totals.get(key, 0.0) + value.detach().float() * len(x)
     model.train()
     means = {key: float(total) / len(images) for key, total in totals.items()}
     if model.likelihood is not None:
-        means["bpd"] = float(bits_per_dim(means["loss"], _dims(model)))
+        means["bpd"] = float(bits_per_dim(means["loss"], model.dims))
     return means
 
 
-def train(
-    model: GenerativeModel,
-    data: MNIST,
-    cfg: TrainConfig,
-    seed: int,
-    options: RunOptions,
-    checkpoint: Path,
-    identity: dict,
-    resume: dict | None = None,
-    history: Path | None = None,
-) -> tuple[LoopState, dict[str, Any]]:
-    """Train until cfg.epochs (or cfg.max_steps), validating each epoch, checkpointing to
-    ``checkpoint`` and rewriting ``history`` (CSV) with each checkpoint, so a running or killed run
-    shows its curves. Returns the final state and a summary for the cost metrics."""
-    optimizers = model.configure_optimizers(cfg.lr)
-    state = restore(resume, model, optimizers) if resume is not None else LoopState()
-    steps_per_epoch = len(data.train) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise UserError(
-            f"--batch-size {cfg.batch_size} exceeds the {len(data.train)} training images; lower it"
+class Trainer:
+    """Trains one model to cfg.epochs (or cfg.max_steps), validating at each epoch end,
+    checkpointing to ``checkpoint`` and rewriting ``history`` (CSV) with each checkpoint, so a
+    running or killed run shows its curves.
+
+    After ``run`` the model holds the weights to evaluate: the EMA weights when cfg.ema_decay is
+    set, else its own."""
+
+    def __init__(
+        self,
+        model: GenerativeModel,
+        data: MNIST,
+        cfg: TrainConfig,
+        seed: int,
+        options: RunOptions,
+        checkpoint: Path,
+        identity: dict,
+        history: Path | None = None,
+    ) -> None:
+        self.model, self.data, self.cfg, self.seed, self.options = model, data, cfg, seed, options
+        self.checkpoint, self.identity, self.history = checkpoint, identity, history
+        self.steps_per_epoch = len(data.train) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"--batch-size {cfg.batch_size} exceeds the {len(data.train)} training images; lower it"
+            )
+        total = cfg.epochs * self.steps_per_epoch
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps is not None else total
+        self.optimizers = Optimizers(model, cfg, self.total_steps, options.device)
+        self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+        self.state = LoopState()
+        self.pending: list[dict[str, torch.Tensor]] = []  # per-step terms since the last host sync
+        self.window = Stopwatch(options.device)
+        self.window_start_step = 0
+        self.session_start = time.perf_counter()  # wall time of this process's share of the run
+        self.last_good = 0  # step of the last checkpoint written
+        self.bar: Any = None
+        self.memory = PeakMemory(options.device)
+        self.trained_steps = 0  # steps taken by this process
+
+    # --- the loop -------------------------------------------------------------------------------
+    def run(self, resume: dict | None = None) -> tuple[LoopState, dict[str, Any]]:
+        """Train (or continue from the checkpoint ``resume``); returns the final state and a summary
+        for the cost metrics."""
+        if resume is not None:
+            self.state = restore(resume, self.model, self.optimizers, self.ema, self.options.device)
+        self.window_start_step = self.last_good = self.state.step
+        self.model.train()
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=self.state.step,
+            disable=not self.options.progress,
+            unit="step",
+            desc=f"{self.model.name} s{self.seed}",
+            dynamic_ncols=True,
+            leave=False,
         )
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    val_images = data.val[: cfg.val_images]
-    model.train()
+        try:
+            with _StopFlag() as stop, self.memory:
+                while not self.state.finished:
+                    self._epoch(stop)
+        except (RuntimeError, MemoryError) as exc:
+            if not _out_of_memory(exc):
+                raise
+            raise UserError(
+                f"{self.model.name}: out of memory at batch size {self.cfg.batch_size} on "
+                f"{self.options.device}; lower --batch-size (e.g. --batch-size {max(1, self.cfg.batch_size // 2)})"
+            ) from None
+        finally:
+            self.bar.close()
+        synchronize(self.options.device)
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema.shadow)
+        return self.state, self._summary()
 
-    pending: list[dict[str, torch.Tensor]] = []  # per-step terms since the last host sync
-    window = Stopwatch(options.device)
-    session = time.perf_counter()
-    window_start_step = state.step
+    def _epoch(self, stop: _StopFlag) -> None:
+        """The rest of the current epoch (from the saved position), then its validation."""
+        state, cfg = self.state, self.cfg
+        order = epoch_order(len(self.data.train), self.seed, state.epoch, self.options.device)
+        order = order[state.batch_in_epoch * cfg.batch_size :]
+        for x in batches(self.data.train, cfg.batch_size, order, drop_last=True):
+            if state.step >= self.total_steps:
+                break
+            self._step(x)
+            if state.step % cfg.log_every == 0:
+                self._flush()
+            if state.step % cfg.checkpoint_every == 0:
+                self._write_checkpoint()
+            if stop.set:
+                self._write_checkpoint()
+                raise TrainingInterrupted(f"interrupted at step {state.step}; checkpoint saved")
+        epoch_done = state.batch_in_epoch >= self.steps_per_epoch
+        state.finished = state.step >= self.total_steps
+        if epoch_done or state.finished:
+            self._write_checkpoint()  # the training done so far is safe before validation starts
+            if state.validated_epoch < state.epoch:
+                self._validate()
+            if epoch_done and not state.finished:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+            self._write_checkpoint()
 
-    def flush() -> None:
+    def _step(self, x: torch.Tensor) -> None:
+        state = self.state
+        self.optimizers.set_step(state.step)
+        with autocast(self.options.device, self.options.precision):
+            terms = self.model.train_step(x, self.optimizers, state.step)
+        if self.optimizers.grad_norms:
+            terms = {**terms, **{k: v.detach() for k, v in self.optimizers.grad_norms.items()}}
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.pending.append(terms)
+        self.trained_steps += 1
+        state.step += 1
+        state.batch_in_epoch += 1
+
+    # --- bookkeeping ----------------------------------------------------------------------------
+    def _flush(self) -> None:
         """Host sync: check finiteness, record a history row, advance the progress bar."""
-        nonlocal pending, window_start_step
-        if not pending:
+        if not self.pending:
             return
-        seconds = window.lap()
-        losses = torch.stack([terms["loss"].float() for terms in pending]).cpu()  # (n,)
+        state, pending = self.state, self.pending
+        seconds = self.window.lap()
+        keys = list(pending[0])
+        stacked = torch.stack([torch.stack([t[k].float() for k in keys]) for t in pending]).cpu()  # (n, K)
+        losses = stacked[:, keys.index("loss")]
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
-            step = window_start_step + int(bad[0]) + 1
+            step = self.window_start_step + int(bad[0]) + 1
             kept = (
-                f"the last good checkpoint (step {last_good}) is kept" if last_good else "no checkpoint yet"
+                f"the last good checkpoint (step {self.last_good}) is kept"
+                if self.last_good
+                else "no checkpoint yet"
             )
             raise NonFiniteLoss(
-                f"{model.name}: non-finite loss at step {step}; training diverged ({kept}); try a lower --lr"
+                f"{self.model.name}: non-finite loss at step {step}; training diverged ({kept}); "
+                "try a lower --lr"
             )
-        images = len(pending) * cfg.batch_size
-        if window_start_step >= options.warmup_steps:
+        images = len(pending) * self.cfg.batch_size
+        if self.window_start_step >= self.options.warmup_steps:
             state.timed_images += images
             state.timed_seconds += seconds
             state.timed_steps += len(pending)
@@ -277,99 +260,72 @@ def train(
             "step": state.step,
             "epoch": state.epoch,
             "split": "train",
-            "wall_time_s": state.wall_time_s + time.perf_counter() - session,
+            "wall_time_s": self._wall_time(),
             "images_per_s": images / seconds if seconds > 0 else None,
+            "lr": self.optimizers.optimizers[next(iter(self.optimizers.optimizers))].param_groups[0]["lr"],
         }
-        for key in pending[0]:
-            row[key] = float(torch.stack([terms[key].float() for terms in pending]).mean())
+        row |= dict(zip(keys, stacked.mean(0).tolist(), strict=True))
         state.history.append(row)
-        bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{row['images_per_s']:.0f}", refresh=False)
-        bar.update(len(pending))
-        pending = []
-        window_start_step = state.step
+        self.bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{row['images_per_s']:.0f}", refresh=False)
+        self.bar.update(len(pending))
+        self.pending = []
+        self.window_start_step = state.step
 
-    last_good = state.step
+    def _wall_time(self) -> float:
+        return self.state.wall_time_s + time.perf_counter() - self.session_start
 
-    def write_checkpoint() -> None:
-        nonlocal last_good, session
-        flush()
-        state.wall_time_s += time.perf_counter() - session
-        session = time.perf_counter()
-        save_checkpoint(checkpoint, model, optimizers, state, identity)
-        if history is not None:
-            write_history(history, state.history)
-        last_good = state.step
-        window.lap()  # checkpoint I/O is not training time
+    def _write_checkpoint(self) -> None:
+        self._flush()
+        self.state.wall_time_s = self._wall_time()
+        self.session_start = time.perf_counter()
+        if self.trained_steps:
+            self.state.peak_memory_mb = max(self.state.peak_memory_mb or 0.0, self.memory.peak_mb_now())
+        save_checkpoint(
+            self.checkpoint,
+            self.model,
+            self.optimizers,
+            self.ema,
+            self.state,
+            self.identity,
+            self.options.device,
+        )
+        if self.history is not None:
+            write_history(self.history, self.state.history)
+        self.last_good = self.state.step
+        self.window.lap()  # checkpoint I/O is not training time
 
-    bar = tqdm(
-        total=total_steps,
-        initial=state.step,
-        disable=not options.progress,
-        unit="step",
-        desc=f"{model.name} s{seed}",
-        dynamic_ncols=True,
-        leave=False,
-    )
-    interrupted = _StopFlag()
-    try:
-        with interrupted, PeakMemory(options.device) as memory:
-            while state.step < total_steps:
-                order = epoch_order(len(data.train), seed, state.epoch, options.device)
-                order = order[state.batch_in_epoch * cfg.batch_size :]
-                for x in batches(data.train, cfg.batch_size, order, drop_last=True):
-                    with autocast(options.device, options.precision):
-                        pending.append(model.train_step(x, optimizers))
-                    state.step += 1
-                    state.batch_in_epoch += 1
-                    if state.step % cfg.log_every == 0:
-                        flush()
-                    if state.step % cfg.checkpoint_every == 0:
-                        write_checkpoint()
-                    if interrupted.set:
-                        write_checkpoint()
-                        raise TrainingInterrupted(f"interrupted at step {state.step}; checkpoint saved")
-                    if state.step >= total_steps:
-                        break
-                flush()
-                epoch_done = state.batch_in_epoch >= steps_per_epoch
-                if epoch_done or state.step >= total_steps:
-                    if state.validated_epoch < state.epoch:
-                        val = validate(model, val_images, cfg.batch_size, options)
-                        state.history.append(
-                            {
-                                "step": state.step,
-                                "epoch": state.epoch,
-                                "split": "val",
-                                "wall_time_s": state.wall_time_s + time.perf_counter() - session,
-                                **val,
-                            }
-                        )
-                        state.validated_epoch = state.epoch
-                        window.lap()  # validation is not training time
-                    if epoch_done:
-                        state.epoch += 1
-                        state.batch_in_epoch = 0
-                    write_checkpoint()
-    except (RuntimeError, MemoryError) as exc:
-        if not _out_of_memory(exc):
-            raise
-        raise UserError(
-            f"{model.name}: out of memory at batch size {cfg.batch_size} on {options.device}; "
-            f"lower --batch-size (e.g. --batch-size {max(1, cfg.batch_size // 2)})"
-        ) from None
-    finally:
-        bar.close()
-    synchronize(options.device)
-    summary = {
-        "train_images_per_s": state.timed_images / state.timed_seconds if state.timed_seconds > 0 else None,
-        "steps_timed": state.timed_steps,
-        "warmup_steps": options.warmup_steps,
-        "peak_memory_mb": memory.peak_mb if state.step > 0 else None,
-        "memory_kind": memory.kind,
-        "wall_time_s": state.wall_time_s,
-        "batch_size": cfg.batch_size,
-        "precision": options.precision,
-        "device_name": device_name(options.device),
-        "steps": state.step,
-    }
-    return state, summary
+    def _validate(self) -> None:
+        images = self.data.val[: self.cfg.val_images]
+        if self.ema is not None:
+            with self.ema.applied(self.model):
+                values = validate(self.model, images, self.cfg.batch_size, self.options)
+        else:
+            values = validate(self.model, images, self.cfg.batch_size, self.options)
+        self.state.history.append(
+            {
+                "step": self.state.step,
+                "epoch": self.state.epoch,
+                "split": "val",
+                "wall_time_s": self._wall_time(),
+            }
+            | values
+        )
+        self.state.validated_epoch = self.state.epoch
+        self.window.lap()  # validation is not training time
+
+    def _summary(self) -> dict[str, Any]:
+        state = self.state
+        return {
+            "train_images_per_s": state.timed_images / state.timed_seconds
+            if state.timed_seconds > 0
+            else None,
+            "steps_timed": state.timed_steps,
+            "warmup_steps": self.options.warmup_steps,
+            "peak_memory_mb": state.peak_memory_mb,
+            "memory_kind": self.memory.kind,
+            "wall_time_s": state.wall_time_s,
+            "batch_size": self.cfg.batch_size,
+            "precision": self.options.precision,
+            "device_name": device_name(self.options.device),
+            "steps": state.step,
+        }

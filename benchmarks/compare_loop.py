@@ -11,7 +11,7 @@ for --warmup untimed then --steps timed steps, in one process:
             num_workers defaults to 0: on two shared cores a worker process takes its CPU time from
             the same cores as the step's intra-op threads and adds pickling and IPC per batch, so it
             can only hide the data cost where a core would otherwise idle (a GPU machine).
-  genbench  bench.train.train itself: load_mnist's resident uint8 tensors, index slices of a seeded
+  genbench  bench.train.Trainer itself: load_mnist's resident uint8 tensors, index slices of a seeded
             permutation, the quick profile's log_every (host syncs), with max_steps = warmup + steps,
             checkpoint_every beyond the run and val_images = one batch, so the validation and the one
             checkpoint it writes at the end (both after the timed span) cost little.
@@ -37,13 +37,15 @@ from pathlib import Path
 
 import torch
 import torchvision
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
 from genbench import models
 from genbench.bench.data import MNIST, batches, epoch_order, load_mnist, raw_dir, resolve_data_dir
 from genbench.bench.timing import device_name, synchronize
-from genbench.bench.train import RunOptions, prepare_model, resolve_device, train
+from genbench.bench.device import prepare_model, resolve_device
+from genbench.bench.train import RunOptions, Trainer
 from genbench.core.errors import UserError
-from torch.utils.data import DataLoader
-from torchvision import transforms
 
 PROFILE = "quick"
 
@@ -112,14 +114,28 @@ def _to_uint8(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return (x * 255).round().to(torch.uint8).to(device)  # (B, 1, 28, 28) float [0, 1] -> uint8
 
 
+class PlainOptimizers:
+    """What a plain PyTorch loop does: one Adam per parameter group, zero_grad, backward, step."""
+
+    def __init__(self, model, cfg) -> None:
+        self.groups = {
+            name: torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas) for name, params in model.parameter_groups().items()
+        }
+
+    def step(self, group: str, loss: torch.Tensor) -> None:
+        self.groups[group].zero_grad(set_to_none=True)
+        loss.backward()
+        self.groups[group].step()
+
+
 def plain_loop(name: str, dataset, plan: Plan, device: torch.device) -> Timing:
     torch.manual_seed(plan.seed)
     model, cfg = models.build(name, PROFILE)
     model.to(device).train()
-    optimizers = model.configure_optimizers(cfg.lr)
+    optimizers = PlainOptimizers(model, cfg)
     span = Span(plan, device)
-    for x, _ in _loader(dataset, plan):
-        model.train_step(_to_uint8(x, device), optimizers)
+    for step, (x, _) in enumerate(_loader(dataset, plan)):
+        model.train_step(_to_uint8(x, device), optimizers, step)
         span.tick()
         if span.done:
             break
@@ -130,12 +146,12 @@ def genbench_loop(name: str, data: MNIST, plan: Plan, device: torch.device) -> T
     torch.manual_seed(plan.seed)
     model, cfg = models.build(name, PROFILE)
     options = RunOptions(device=device, progress=False, warmup_steps=plan.warmup)
-    prepare_model(model, options)
+    prepare_model(model, device)
     span = Span(plan, device)
     inner = model.train_step
 
-    def counted_step(x, optimizers):
-        terms = inner(x, optimizers)
+    def counted_step(x, optimizers, step):
+        terms = inner(x, optimizers, step)
         span.tick()
         return terms
 
@@ -149,7 +165,7 @@ def genbench_loop(name: str, data: MNIST, plan: Plan, device: torch.device) -> T
         val_images=plan.batch_size,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        train(model, data, cfg, plan.seed, options, Path(tmp) / "last.pt", {"model": name})
+        Trainer(model, data, cfg, plan.seed, options, Path(tmp) / "last.pt", {"model": name}).run()
     return span.timing()
 
 

@@ -10,8 +10,9 @@ import os
 
 import pytest
 import torch
+
 from genbench.bench.timing import device_name
-from genbench.bench.train import PRECISIONS, resolve_device
+from genbench.bench.device import PRECISIONS, resolve_device
 from genbench.core.errors import UserError
 
 DEVICE_VAR = "GENBENCH_DEVICE"

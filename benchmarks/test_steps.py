@@ -29,11 +29,13 @@ from typing import Any
 
 import pytest
 import torch
+from torch import Tensor
+
 from genbench import models
 from genbench.bench.timing import device_name, synchronize
-from genbench.bench.train import RunOptions, autocast, prepare_model
+from genbench.bench.device import autocast, prepare_model
+from genbench.bench.optim import Optimizers
 from genbench.models.base import GenerativeModel
-from torch import Tensor
 
 PROFILES = ("smoke", "quick")
 QUICK_BATCH = 128
@@ -50,7 +52,7 @@ class Case:
     fn: Callable[[], Any]
     images: int  # images per call
     model: GenerativeModel
-    optimizers: dict[str, torch.optim.Optimizer]
+    optimizers: Optimizers | None
     info: dict[str, Any]
 
 
@@ -64,7 +66,7 @@ def fake_batch(n: int, shape: tuple[int, int, int], device: torch.device, seed: 
 def _build(name: str, profile: str, device: torch.device, precision: str):
     torch.manual_seed(0)
     model, cfg = models.build(name, profile)
-    prepare_model(model, RunOptions(device=device, precision=precision, progress=False))
+    prepare_model(model, device)
     return model, cfg
 
 
@@ -82,12 +84,12 @@ def step_case(name: str, profile: str, device: torch.device, precision: str) -> 
     model, cfg = _build(name, profile, device, precision)
     batch_size = QUICK_BATCH if profile == "quick" else cfg.batch_size
     x = fake_batch(batch_size, model.image_shape, device)  # (B, C, H, W) uint8
-    optimizers = model.configure_optimizers(cfg.lr)
+    optimizers = Optimizers(model, cfg, total_steps=1000, device=device)
     model.train()
 
     def step() -> dict[str, Tensor]:
         with autocast(device, precision):
-            terms = model.train_step(x, optimizers)
+            terms = model.train_step(x, optimizers, step=1000)  # past any warm-up inside the objective
         synchronize(device)
         return terms
 
@@ -105,7 +107,7 @@ def sample_case(name: str, profile: str, device: torch.device, n: int = N_SAMPLE
         synchronize(device)
         return images
 
-    return Case(sample, n, model, {}, _info(model, device, "fp32", n))
+    return Case(sample, n, model, None, _info(model, device, "fp32", n))
 
 
 def measure(benchmark, case: Case) -> Any:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from genbench.core.errors import UserError
 
 
@@ -79,13 +80,27 @@ def save_torch(path: Path, obj: Any) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-def save_image_grid(path: Path, images: torch.Tensor, nrow: int = 8) -> None:
-    """uint8 (N, C, H, W) -> PNG grid."""
-    from PIL import Image
+def to_8bit(images: torch.Tensor, levels: int = 256) -> torch.Tensor:
+    """Pixels 0..levels-1 (uint8) -> 0..255 for display and for 8-bit feature networks."""
+    if levels == 256:
+        return images
+    return (images.to(torch.int32) * 255 // (levels - 1)).to(torch.uint8)
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8, levels: int = 256, pad: int = 2) -> torch.Tensor:
+    """uint8 (N, C, H, W) pixels 0..levels-1 -> one uint8 grid (H', W') for grey, (H', W', 3) for
+    colour; the suite's one grid, through torchvision's make_grid."""
     from torchvision.utils import make_grid
 
-    grid = make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=128)  # (3, H', W') uint8
-    pixels = grid[0] if images.shape[1] == 1 else grid.permute(1, 2, 0)  # grey or RGB
+    grid = make_grid(to_8bit(images.cpu(), levels), nrow=nrow, padding=pad, pad_value=128)  # (3, H', W')
+    return grid[0] if images.shape[1] == 1 else grid.permute(1, 2, 0)
+
+
+def save_image_grid(path: Path, images: torch.Tensor, nrow: int = 8, levels: int = 256) -> None:
+    """uint8 (N, C, H, W) pixels 0..levels-1 -> PNG grid."""
+    from PIL import Image
+
+    pixels = image_grid(images, nrow, levels)
     buffer = io.BytesIO()
     Image.fromarray(pixels.numpy()).save(buffer, format="PNG")
     write_bytes(path, buffer.getvalue())

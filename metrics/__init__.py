@@ -10,13 +10,13 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from genbench.core.schema import Output, Value
 from genbench.metrics.base import (
     METRICS,
     NEEDS,
+    EvalConfig,
     EvalContext,
     Metric,
-    Output,
-    Value,
     missing_capability,
     register_metric,
 )
@@ -28,6 +28,7 @@ for _module in pkgutil.iter_modules(__path__):
 __all__ = [
     "METRICS",
     "NEEDS",
+    "EvalConfig",
     "EvalContext",
     "Metric",
     "Output",

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from genbench.core.errors import UserError
-from genbench.core.files import file_sha256, save_torch, write_text
 from torch import Tensor, nn
 from torch_fidelity import register_feature_extractor
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from genbench.core.errors import UserError
+from genbench.core.files import file_sha256, save_torch, write_text
 
 EXTRACTOR_NAME = "genbench-mnist"
 FEATURE_DIM = 128

@@ -23,14 +23,15 @@ import warnings
 from pathlib import Path
 
 import torch
-from genbench.core import files
-from genbench.core.errors import UserError
 from torch import Tensor
 from torch_fidelity import register_feature_extractor
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from genbench.core import files
+from genbench.core.errors import UserError
 
 ENV_VAR = "GENBENCH_INCEPTION_WEIGHTS"
 BUILTIN_EXTRACTOR = "inception-v3-compat"  # torch-fidelity's own

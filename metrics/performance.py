@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
-from genbench.metrics.base import EvalContext, Output, Value, register_metric
+from genbench.core.schema import Output, Value
+from genbench.metrics.base import EvalContext, register_metric
 
-TRAIN_SPEED = Output("train_images_per_s", "Train img/s", "images/s", higher_is_better=True)
-SAMPLE_SPEED = Output("sample_images_per_s", "Sample img/s", "images/s", higher_is_better=True)
-PEAK_MEMORY = Output("peak_memory_mb", "Peak memory", "MiB", higher_is_better=False)
-PARAMETERS = Output("parameters", "Parameters", "count", higher_is_better=None)
-WALL_TIME = Output("wall_time_s", "Train wall time", "s", higher_is_better=False)
+TRAIN_SPEED = Output("train_images_per_s", "Train img/s", "images/s", True, "cost", 10)
+SAMPLE_SPEED = Output("sample_images_per_s", "Sample img/s", "images/s", True, "cost", 11)
+PEAK_MEMORY = Output("peak_memory_mb", "Peak memory", "MiB", False, "cost", 12)
+PARAMETERS = Output("parameters", "Parameters", "count", None, "cost", 13)
+WALL_TIME = Output("wall_time_s", "Train wall time", "s", False, "cost", 14)
+MEMORY_KINDS = {"rss": "process RSS", "cuda_allocator": "CUDA allocator"}
 
 
-@register_metric(
-    "cost", needs=("samples",), outputs=(TRAIN_SPEED, SAMPLE_SPEED, PEAK_MEMORY, PARAMETERS, WALL_TIME)
-)
+@register_metric("cost", needs=(), outputs=(TRAIN_SPEED, PEAK_MEMORY, PARAMETERS, WALL_TIME))
 def cost(ctx: EvalContext) -> dict[str, Value]:
-    """Training numbers come from the loop (bench.train); sampling is timed on the shared samples."""
+    """Training numbers come from the loop (bench.train) through the run's train summary."""
     summary = ctx.train_summary
-    device = {"device": str(ctx.device), "device_name": summary.get("device_name")}
-    samples = ctx.samples()
-    training = {**device, "precision": summary.get("precision"), "batch_size": summary.get("batch_size")}
-    missing = "no training in this process (resumed after training?)"
+    training = {
+        "device": str(ctx.device),
+        "device_name": summary.get("device_name"),
+        "precision": summary.get("precision"),
+        "batch_size": summary.get("batch_size"),
+    }
+    missing = "not trained by genbench in this run"
 
     def from_summary(key: str, protocol: dict) -> Value:
         value = summary.get(key)
         return Value(value, protocol) if value is not None else Value(None, protocol, na=missing)
 
+    memory_kind = summary.get("memory_kind")
     return {
         TRAIN_SPEED.key: from_summary(
             "train_images_per_s",
@@ -35,16 +39,22 @@ def cost(ctx: EvalContext) -> dict[str, Value]:
                 "steps_timed": summary.get("steps_timed"),
             },
         ),
-        SAMPLE_SPEED.key: Value(
-            len(samples) / ctx.sampling_seconds,
-            {
-                **device,
-                "n_samples": len(samples),
-                "batch_size": ctx.config.batch_size,
-                "includes": "first call",
-            },
+        PEAK_MEMORY.key: from_summary(
+            "peak_memory_mb", {**training, "kind": memory_kind, "measures": MEMORY_KINDS.get(memory_kind)}
         ),
-        PEAK_MEMORY.key: from_summary("peak_memory_mb", {**training, "kind": summary.get("memory_kind")}),
         PARAMETERS.key: Value(float(ctx.model.num_parameters()), {}),
         WALL_TIME.key: from_summary("wall_time_s", training),
     }
+
+
+@register_metric("sampling_speed", needs=("samples",), outputs=(SAMPLE_SPEED,))
+def sampling_speed(ctx: EvalContext) -> dict[str, Value]:
+    """Images per second of the evaluation's own sampling (first call included), per sample mode."""
+    samples = ctx.samples()
+    protocol = {
+        "device": str(ctx.device),
+        "n_samples": len(samples),
+        "batch_size": ctx.config.batch_size,
+        "includes": "first call",
+    }
+    return {SAMPLE_SPEED.key: Value(len(samples) / ctx.sampling_seconds[ctx.mode], protocol)}

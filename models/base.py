@@ -2,13 +2,14 @@
 
 Conventions shared by every family (the loop and the metrics rely on them):
 
-* Images enter every method as uint8 tensors ``(B, C, H, W)`` with values 0..255 on the model's
-  device. The model owns its own preprocessing (dequantization, scaling, logit transform).
-* ``log_prob`` is in nats per image on the 8-bit protocol: the density of uniformly dequantized
-  data ``(x + u) / 256`` on [0, 1)^D, which equals the probability of the discrete 8-bit image for a
-  discrete model. ``bits_per_dim`` converts it. Likelihood terms are computed in float32 even
-  when the loop trains under bf16 autocast.
-* ``sample`` returns uint8 ``(n, C, H, W)``; ``reconstruct`` returns floats in [0, 1].
+* Images enter every method as uint8 tensors ``(B, C, H, W)`` with integer values
+  0..levels-1 (``levels`` = 256 for 8-bit data, 2 for binarized MNIST) on the model's device. The
+  model owns its own preprocessing (dequantization, scaling, logit transform).
+* ``log_prob`` is in nats per image: the log-probability of the discrete image over ``levels``
+  values per pixel, which equals the log-density of uniformly dequantized data ``(x + u) / levels``
+  on [0, 1)^D for a continuous model. ``bits_per_dim`` converts it with D = C * H * W. Likelihood
+  terms are computed in float32 even when the loop trains under bf16 autocast.
+* ``sample`` returns uint8 ``(n, C, H, W)`` in 0..levels-1; ``reconstruct`` returns floats in [0, 1].
 """
 
 from __future__ import annotations
@@ -17,19 +18,23 @@ import abc
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.optim import Optimizer
 
 Likelihood = Literal["exact", "bound"] | None
 PROFILE_NAMES = ("smoke", "quick", "full")
 
 
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """The training schedule of a profile. CLI options such as --epochs override single fields."""
+    """The training schedule of a profile: the loop owns all of it (optimizers, schedule, clipping,
+    EMA), so no model re-implements its own step for them. CLI options override single fields."""
 
     epochs: int = 1
     batch_size: int = 128
@@ -38,6 +43,13 @@ class TrainConfig:
     val_images: int = 5000  # validation subset evaluated at each epoch end
     checkpoint_every: int = 500  # steps between checkpoints (one is also written at each epoch end)
     log_every: int = 20  # steps between host syncs: history rows, progress bar, finiteness check
+    optimizer: str = "adam"  # one per parameter group of the model (the GAN has two)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0  # Adam: L2 penalty in the gradient; AdamW: decoupled
+    grad_clip: float | None = None  # max gradient norm per optimizer step; None: no clipping
+    schedule: str = "constant"  # learning rate after warm-up: constant, or cosine decay to 0 at the end
+    warmup_steps: int = 0  # linear learning-rate warm-up from 0
+    ema_decay: float | None = None  # exponential moving average of the weights, used to evaluate
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "val_images", "checkpoint_every", "log_every"):
@@ -45,45 +57,100 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be non-negative, got {self.warmup_steps}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
 
 
 # A profile is a factory so that every call returns fresh, independent configs.
 Profile = Callable[[], tuple[object, TrainConfig]]
 
 
-def dequantize(x: Tensor) -> Tensor:
-    """Uniform dequantization of uint8 pixels: (x + u) / 256 with u ~ U[0, 1), in [0, 1)."""
-    return (x.float() + torch.rand_like(x, dtype=torch.float32)) / 256.0
+def dequantize(x: Tensor, levels: int = 256) -> Tensor:
+    """Uniform dequantization of integer pixels 0..levels-1: (x + u) / levels, u ~ U[0, 1)."""
+    return (x.float() + torch.rand_like(x, dtype=torch.float32)) / levels
 
 
-def to_unit(x: Tensor) -> Tensor:
-    """uint8 0..255 -> float [0, 1]."""
-    return x.float() / 255.0
+def to_unit(x: Tensor, levels: int = 256) -> Tensor:
+    """Integer pixels 0..levels-1 -> float [0, 1]."""
+    return x.float() / (levels - 1)
 
 
-def to_uint8(x: Tensor) -> Tensor:
-    """float [0, 1] -> uint8 0..255 (rounded, clamped)."""
-    return (x.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+def to_uint8(x: Tensor, levels: int = 256) -> Tensor:
+    """float [0, 1] -> integer pixels 0..levels-1 as uint8 (rounded, clamped)."""
+    return (x.float().clamp(0.0, 1.0) * (levels - 1)).round().to(torch.uint8)
 
 
 def bits_per_dim(nats_per_image: Tensor | float, dims: int) -> Tensor | float:
-    """bpd = nats / (D ln 2); D = 784 for MNIST."""
+    """bpd = nats / (D ln 2); D = C * H * W (784 for MNIST)."""
     return nats_per_image / (dims * math.log(2.0))
 
 
+def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation between rows of z0 and z1 (P, D) at fractions t (S,) -> (P, S, D).
+
+    Gaussian latents concentrate near a sphere of radius sqrt(D); the straight line between two of
+    them dips toward the origin (atypical, blurry decodes), the great circle does not. Nearly
+    parallel endpoints fall back to the straight line, whose formula is stable there."""
+    cos = ((z0 * z1).sum(1) / (z0.norm(dim=1) * z1.norm(dim=1)).clamp_min(1e-12)).clamp(-1.0, 1.0)  # (P,)
+    omega = torch.acos(cos)[:, None]  # (P, 1)
+    sin = torch.sin(omega)
+    t = t[None, :]  # (1, S)
+    linear = sin.abs() < 1e-6
+    safe_sin = torch.where(linear, torch.ones_like(sin), sin)
+    w0 = torch.where(linear, 1.0 - t, torch.sin((1.0 - t) * omega) / safe_sin)  # (P, S)
+    w1 = torch.where(linear, t, torch.sin(t * omega) / safe_sin)  # (P, S)
+    return w0[..., None] * z0[:, None] + w1[..., None] * z1[:, None]  # (P, S, D)
+
+
+class Optimization(Protocol):
+    """What ``train_step`` receives from the loop: ``step(group, loss)`` zeroes that group's
+    gradients, back-propagates ``loss``, clips and steps its optimizer, all by the run's
+    TrainConfig. A model with one parameter group calls it once per training step."""
+
+    def step(self, group: str, loss: Tensor) -> None: ...
+
+
 class GenerativeModel(nn.Module, abc.ABC):
-    """Base class of every family. Subclasses set the class attributes and implement the math."""
+    """Base class of every family. Subclasses set the class attributes and implement the math.
+
+    Capabilities (validated at registration; metrics and the report read them, never the class):
+
+    * ``likelihood``: "exact" (PixelCNN, RealNVP), "bound" (VAE, diffusion: a variational bound)
+      or None (GAN); ``log_prob`` is required unless None.
+    * ``importance_weighted``: ``iwae_log_prob(x, k)`` exists (the VAE).
+    * ``can_reconstruct``: ``reconstruct(x)`` exists.
+    * ``can_interpolate``: ``prior_latents`` and ``decode_latents`` exist, so ``interpolate``
+      draws spherical paths between prior latents.
+
+    The config is a frozen dataclass with ``image_shape`` (C, H, W) and ``levels`` (intensity
+    levels per pixel; 256 for 8-bit data): the single source of D for bits/dim everywhere.
+    """
 
     name: ClassVar[str] = ""
-    likelihood: ClassVar[Likelihood] = None  # "exact" (PixelCNN, RealNVP), "bound" (VAE), None (GAN)
+    likelihood: ClassVar[Likelihood] = None
+    importance_weighted: ClassVar[bool] = False
     can_reconstruct: ClassVar[bool] = False
+    can_interpolate: ClassVar[bool] = False
     Config: ClassVar[type]
     profiles: ClassVar[dict[str, Profile]]
 
     def __init__(self, config) -> None:
         super().__init__()
+        check_image_spec(config)
         self.config = config
 
     @property
@@ -92,43 +159,101 @@ class GenerativeModel(nn.Module, abc.ABC):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        size = self.config.image_size
-        return (getattr(self.config, "image_channels", 1), size, size)
+        return tuple(self.config.image_shape)
 
-    def configure_optimizers(self, lr: float) -> dict[str, Optimizer]:
-        return {"main": torch.optim.Adam(self.parameters(), lr=lr)}
+    @property
+    def levels(self) -> int:
+        return self.config.levels
+
+    @property
+    def dims(self) -> int:
+        """D, the number of pixel values per image: C * H * W."""
+        return math.prod(self.image_shape)
+
+    # --- training -------------------------------------------------------------------------------
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters per optimizer; the loop builds one optimizer per group from the TrainConfig."""
+        return {"main": list(self.parameters())}
 
     @abc.abstractmethod
     def loss(self, x: Tensor) -> dict[str, Tensor]:
-        """Training objective on a uint8 batch. Must hold "loss" (a scalar); other terms are logged."""
+        """The objective on a batch, as validation reports it. Must hold "loss" (a scalar; for a
+        likelihood model the NLL or negative bound in nats per image); other terms are logged."""
 
-    def train_step(self, x: Tensor, optimizers: dict[str, Optimizer]) -> dict[str, Tensor]:
+    def training_loss(self, x: Tensor, step: int) -> dict[str, Tensor]:
+        """The training objective at loop step ``step`` (0-based, the steps done before this one);
+        a schedule inside the objective (KL warm-up) reads the step here, never a hidden counter."""
+        return self.loss(x)
+
+    def train_step(self, x: Tensor, optim: Optimization, step: int) -> dict[str, Tensor]:
         """One optimisation step. Returns detached scalars; the loop never calls .item() per step."""
-        (opt,) = optimizers.values()
-        opt.zero_grad(set_to_none=True)
-        terms = self.loss(x)
-        terms["loss"].backward()
-        opt.step()
+        terms = self.training_loss(x, step)
+        optim.step("main", terms["loss"])
         return {k: v.detach() for k, v in terms.items()}
 
-    @abc.abstractmethod
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n samples as uint8 (n, C, H, W). ``generator`` lives on the model's device."""
+    # --- sampling -------------------------------------------------------------------------------
+    def sample_modes(self) -> dict[str, str]:
+        """How this model draws samples: mode -> description (shown beside its sample-quality
+        numbers; "" for none). The first is the default; evaluation scores every mode listed."""
+        return {"default": ""}
 
+    @abc.abstractmethod
+    def sample(self, n: int, generator: torch.Generator | None = None, mode: str | None = None) -> Tensor:
+        """n samples as uint8 (n, C, H, W) with values 0..levels-1; ``mode`` one of sample_modes()
+        (None: the default). ``generator`` lives on the model's device."""
+
+    # --- likelihood -----------------------------------------------------------------------------
     def log_prob(self, x: Tensor) -> Tensor:
-        """Per-image log-likelihood in nats on the 8-bit protocol (a lower bound for "bound")."""
+        """Per-image log-likelihood in nats of the discrete image (a lower bound for "bound")."""
         raise NotImplementedError(f"{self.name} has no likelihood")
 
+    def likelihood_estimator(self) -> str:
+        """How ``log_prob`` is computed, for the protocol (e.g. "ELBO, one posterior sample")."""
+        return "exact" if self.likelihood == "exact" else "variational bound"
+
     def iwae_log_prob(self, x: Tensor, k: int) -> Tensor:
-        """Importance-weighted estimate with k samples; required when likelihood == "bound"."""
-        raise NotImplementedError(f"{self.name} has no importance-weighted bound")
+        """Importance-weighted estimate with k samples; required when importance_weighted."""
+        raise NotImplementedError(f"{self.name} has no importance-weighted estimate")
 
     def reconstruct(self, x: Tensor) -> Tensor:
-        """Reconstruction of a uint8 batch as floats in [0, 1]."""
+        """Reconstruction of a batch as floats in [0, 1] (pixel / (levels - 1))."""
         raise NotImplementedError(f"{self.name} cannot reconstruct")
+
+    # --- latent interpolation -------------------------------------------------------------------
+    def prior_latents(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n latents (n, ...) drawn from the prior; required when can_interpolate."""
+        raise NotImplementedError(f"{self.name} has no latent space to interpolate")
+
+    def decode_latents(self, z: Tensor) -> Tensor:
+        """Latents (n, ...) -> uint8 images (n, C, H, W); required when can_interpolate."""
+        raise NotImplementedError(f"{self.name} has no latent space to interpolate")
+
+    def interpolate(self, n_pairs: int, steps: int, generator: torch.Generator | None = None) -> Tensor:
+        """Spherical interpolation between pairs of prior latents: uint8 (n_pairs, steps, C, H, W)."""
+        if steps < 2:
+            raise ValueError(f"steps must be at least 2 (both endpoints), got {steps}")
+        z0, z1 = self.prior_latents(n_pairs, generator), self.prior_latents(n_pairs, generator)
+        t = torch.linspace(0.0, 1.0, steps, device=z0.device)  # (S,)
+        z = slerp(z0.flatten(1), z1.flatten(1), t).reshape(n_pairs * steps, *z0.shape[1:])  # (P*S, ...)
+        images = self.decode_latents(z)  # (P*S, C, H, W)
+        return images.reshape(n_pairs, steps, *images.shape[1:])
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def check_image_spec(config) -> None:
+    """A family's config must say its image shape (C, H, W) and its intensity levels."""
+    shape = getattr(config, "image_shape", None)
+    if not (
+        isinstance(shape, tuple) and len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape)
+    ):
+        raise ValueError(
+            f"{type(config).__name__}.image_shape must be (C, H, W) positive ints, got {shape!r}"
+        )
+    levels = getattr(config, "levels", None)
+    if not (isinstance(levels, int) and 2 <= levels <= 256):
+        raise ValueError(f"{type(config).__name__}.levels must be an int in 2..256, got {levels!r}")
 
 
 MODELS: dict[str, type[GenerativeModel]] = {}
@@ -151,10 +276,15 @@ def register_model(name: str, aliases: tuple[str, ...] = ()):
             raise TypeError(f"{cls.__name__}.profiles lacks {sorted(missing)}")
         if cls.likelihood not in ("exact", "bound", None):
             raise TypeError(f"{cls.__name__}.likelihood must be 'exact', 'bound' or None")
+        fields = {f.name for f in dataclasses.fields(cls.Config)}
+        if not {"image_shape", "levels"} <= fields:
+            raise TypeError(f"{cls.__name__}.Config must have image_shape and levels fields")
         overrides = {
             "log_prob": cls.likelihood is not None,
-            "iwae_log_prob": cls.likelihood == "bound",
+            "iwae_log_prob": cls.importance_weighted,
             "reconstruct": cls.can_reconstruct,
+            "prior_latents": cls.can_interpolate,
+            "decode_latents": cls.can_interpolate,
         }
         for method, needed in overrides.items():
             if needed and getattr(cls, method) is getattr(GenerativeModel, method):
@@ -180,10 +310,21 @@ def get_model_class(name: str) -> type[GenerativeModel]:
     return MODELS[key]
 
 
-def build(name: str, profile: str) -> tuple[GenerativeModel, TrainConfig]:
-    """A fresh model and its training schedule for a named profile."""
+def with_image_spec(config, image_shape: tuple[int, int, int], levels: int):
+    """A model config for data of this shape and level count (the data decides, not the profile)."""
+    return dataclasses.replace(config, image_shape=tuple(image_shape), levels=levels)
+
+
+def build(
+    name: str, profile: str, image_shape: tuple[int, int, int] | None = None, levels: int | None = None
+) -> tuple[GenerativeModel, TrainConfig]:
+    """A fresh model and its training schedule for a named profile, for images of ``image_shape``
+    with ``levels`` intensities (default: the profile's, MNIST's (1, 28, 28) and 256)."""
     cls = get_model_class(name)
     if profile not in cls.profiles:
         raise KeyError(f"unknown profile {profile!r}; choose from {', '.join(PROFILE_NAMES)}")
     model_config, train_config = cls.profiles[profile]()
+    model_config = with_image_spec(
+        model_config, image_shape or model_config.image_shape, levels or model_config.levels
+    )
     return cls(model_config), train_config

@@ -16,9 +16,9 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from genbench.models.base import GenerativeModel, TrainConfig, register_model, to_uint8, to_unit
 from torch import Tensor, nn
-from torch.optim import Optimizer
+
+from genbench.models.base import GenerativeModel, Optimization, TrainConfig, register_model, to_uint8, to_unit
 
 # Adam with beta1 = 0.5, as in DCGAN: the default 0.9 makes the two-player dynamics oscillate.
 ADAM_BETAS = (0.5, 0.999)
@@ -26,27 +26,31 @@ ADAM_BETAS = (0.5, 0.999)
 
 @dataclasses.dataclass(frozen=True)
 class GANConfig:
-    image_size: int = 28  # any multiple of 4: two stride-2 stages each way
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W); H, W multiples of 4 (two stride-2 stages)
+    levels: int = 256  # intensity levels of the samples
     latent_dim: int = 100
     g_channels: int = 64  # generator: 2 * g_channels at size/4, g_channels at size/2
     d_channels: int = 64  # discriminator: d_channels at size/2, 2 * d_channels at size/4
 
     def __post_init__(self) -> None:
-        if self.image_size < 8 or self.image_size % 4:
-            raise ValueError(f"image_size must be a multiple of 4 and at least 8, got {self.image_size}")
+        _, h, w = self.image_shape
+        if min(h, w) < 8 or h % 4 or w % 4:
+            raise ValueError(
+                f"image height and width must be multiples of 4, at least 8; got {self.image_shape}"
+            )
         for name in ("latent_dim", "g_channels", "d_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
-def to_output_range(x: Tensor) -> Tensor:
-    """uint8 0..255 -> float [-1, 1], the generator's tanh range, so real and fake images match."""
-    return to_unit(x) * 2.0 - 1.0
+def to_output_range(x: Tensor, levels: int = 256) -> Tensor:
+    """Pixels 0..levels-1 -> float [-1, 1], the generator's tanh range, so real and fake images match."""
+    return to_unit(x, levels) * 2.0 - 1.0
 
 
-def from_output_range(x: Tensor) -> Tensor:
-    """Generator output in [-1, 1] -> uint8 0..255."""
-    return to_uint8((x.float() + 1.0) / 2.0)
+def from_output_range(x: Tensor, levels: int = 256) -> Tensor:
+    """Generator output in [-1, 1] -> uint8 pixels 0..levels-1."""
+    return to_uint8((x.float() + 1.0) / 2.0, levels)
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
@@ -63,41 +67,43 @@ def init_dcgan_weights(module: nn.Module) -> None:
 class Generator(nn.Module):
     def __init__(self, config: GANConfig) -> None:
         super().__init__()
-        g, s = config.g_channels, config.image_size // 4
+        g = config.g_channels
+        c, h, w = config.image_shape
         # Layers followed by batch norm have no bias: the norm's shift makes it redundant.
         self.net = nn.Sequential(
-            nn.Linear(config.latent_dim, 2 * g * s * s, bias=False),
-            nn.Unflatten(1, (2 * g, s, s)),
+            nn.Linear(config.latent_dim, 2 * g * (h // 4) * (w // 4), bias=False),
+            nn.Unflatten(1, (2 * g, h // 4, w // 4)),
             nn.BatchNorm2d(2 * g),
             nn.ReLU(inplace=True),
             nn.ConvTranspose2d(2 * g, g, kernel_size=4, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(g),
             nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(g, 1, kernel_size=4, stride=2, padding=1),
+            nn.ConvTranspose2d(g, c, kernel_size=4, stride=2, padding=1),
             nn.Tanh(),
         )
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.net(z)  # (B, latent) -> (B, 1, H, W) in [-1, 1]
+        return self.net(z)  # (B, latent) -> (B, C, H, W) in [-1, 1]
 
 
 class Discriminator(nn.Module):
     def __init__(self, config: GANConfig) -> None:
         super().__init__()
-        d, s = config.d_channels, config.image_size // 4
+        d = config.d_channels
+        c, h, w = config.image_shape
         # No batch norm on the first layer (DCGAN): it would normalise away the input's statistics.
         self.features = nn.Sequential(
-            nn.Conv2d(1, d, kernel_size=4, stride=2, padding=1),
+            nn.Conv2d(c, d, kernel_size=4, stride=2, padding=1),
             nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(d, 2 * d, kernel_size=4, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(2 * d),
             nn.LeakyReLU(0.2, inplace=True),
             nn.Flatten(),
         )
-        self.head = nn.Linear(2 * d * s * s, 1)  # a logit: the sigmoid lives inside the loss
+        self.head = nn.Linear(2 * d * (h // 4) * (w // 4), 1)  # a logit: the sigmoid lives inside the loss
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x)).squeeze(1).float()  # (B, 1, H, W) -> (B,) float32 logits
+        return self.head(self.features(x)).squeeze(1).float()  # (B, C, H, W) -> (B,) float32 logits
 
 
 def d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
@@ -113,24 +119,15 @@ def g_loss(fake_logits: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
-    """Spherical interpolation, rows of z0/z1 (P, D) at fractions t (S,) -> (P, S, D). It keeps the
-    norm near that of Gaussian samples, where a straight line passes through the low-density centre."""
-    cos = F.cosine_similarity(z0, z1, dim=1).clamp(-1.0, 1.0)  # (P,)
-    omega = torch.acos(cos)[:, None, None]  # (P, 1, 1)
-    t = t[None, :, None]  # (1, S, 1)
-    sin = torch.sin(omega)
-    # Nearly parallel endpoints: slerp tends to lerp, whose formula is stable there.
-    parallel = sin.abs() < 1e-6
-    safe_sin = torch.where(parallel, torch.ones_like(sin), sin)
-    w0 = torch.where(parallel, 1.0 - t, torch.sin((1.0 - t) * omega) / safe_sin)  # (P, S, 1)
-    w1 = torch.where(parallel, t, torch.sin(t * omega) / safe_sin)  # (P, S, 1)
-    return w0 * z0[:, None, :] + w1 * z1[:, None, :]  # (P, S, D)
-
-
 def _smoke() -> tuple[GANConfig, TrainConfig]:
     return GANConfig(latent_dim=16, g_channels=8, d_channels=8), TrainConfig(
-        max_steps=30, batch_size=32, lr=2e-4, val_images=256, checkpoint_every=10, log_every=5
+        max_steps=30,
+        batch_size=32,
+        lr=2e-4,
+        val_images=256,
+        checkpoint_every=10,
+        log_every=5,
+        betas=ADAM_BETAS,
     )
 
 
@@ -138,13 +135,20 @@ def _quick() -> tuple[GANConfig, TrainConfig]:
     # 4000 steps of 64 (4.7 epochs): about 105 s at ~2,400 img/s on 2 idle cores. Digits are
     # recognisable from ~3000 steps; at 1500 many are still malformed.
     return GANConfig(latent_dim=64, g_channels=32, d_channels=32), TrainConfig(
-        epochs=5, batch_size=64, lr=5e-4, max_steps=4000, val_images=1000, checkpoint_every=1000, log_every=50
+        epochs=5,
+        batch_size=64,
+        lr=5e-4,
+        max_steps=4000,
+        val_images=1000,
+        checkpoint_every=1000,
+        log_every=50,
+        betas=ADAM_BETAS,
     )
 
 
 def _full() -> tuple[GANConfig, TrainConfig]:
     return GANConfig(latent_dim=100, g_channels=128, d_channels=64), TrainConfig(
-        epochs=30, batch_size=128, lr=2e-4, checkpoint_every=2000, log_every=50
+        epochs=30, batch_size=128, lr=2e-4, checkpoint_every=2000, log_every=50, betas=ADAM_BETAS
     )
 
 
@@ -152,6 +156,7 @@ def _full() -> tuple[GANConfig, TrainConfig]:
 class GAN(GenerativeModel):
     likelihood = None
     can_reconstruct = False
+    can_interpolate = True
     Config: ClassVar[type] = GANConfig
     profiles: ClassVar = {"smoke": _smoke, "quick": _quick, "full": _full}
 
@@ -161,11 +166,8 @@ class GAN(GenerativeModel):
         self.discriminator = Discriminator(config)
         self.apply(init_dcgan_weights)
 
-    def configure_optimizers(self, lr: float) -> dict[str, Optimizer]:
-        return {
-            "d": torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=ADAM_BETAS),
-            "g": torch.optim.Adam(self.generator.parameters(), lr=lr, betas=ADAM_BETAS),
-        }
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"d": list(self.discriminator.parameters()), "g": list(self.generator.parameters())}
 
     def _prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, self.config.latent_dim, device=self.device, generator=generator)  # (n, latent)
@@ -173,35 +175,29 @@ class GAN(GenerativeModel):
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         """Both players' losses on a uint8 batch and fresh latents, with no update (validation).
         "loss" = loss_d + loss_g is for logging and finiteness checks; it is not an objective."""
-        real = to_output_range(x)  # (B, 1, H, W) in [-1, 1]
-        fake = self.generator(self._prior(len(x)))  # (B, 1, H, W)
+        real = to_output_range(x, self.levels)  # (B, C, H, W) in [-1, 1]
+        fake = self.generator(self._prior(len(x)))  # (B, C, H, W)
         real_logits, fake_logits = self.discriminator(real), self.discriminator(fake)  # (B,), (B,)
         return self._terms(d_loss(real_logits, fake_logits), g_loss(fake_logits), real_logits, fake_logits)
 
-    def train_step(self, x: Tensor, optimizers: dict[str, Optimizer]) -> dict[str, Tensor]:
+    def train_step(self, x: Tensor, optim: Optimization, step: int) -> dict[str, Tensor]:
         """A discriminator step on detached fakes, then a generator step through the updated D."""
-        opt_d, opt_g = optimizers["d"], optimizers["g"]
-        real = to_output_range(x)  # (B, 1, H, W) in [-1, 1]
-        fake = self.generator(self._prior(len(x)))  # (B, 1, H, W), one forward shared by both steps
+        real = to_output_range(x, self.levels)  # (B, C, H, W) in [-1, 1]
+        fake = self.generator(self._prior(len(x)))  # (B, C, H, W), one forward shared by both steps
 
         # Discriminator: fakes are detached so D's loss leaves G's gradients empty.
-        opt_d.zero_grad(set_to_none=True)
-        opt_g.zero_grad(set_to_none=True)
         real_logits = self.discriminator(real)  # (B,)
         fake_logits = self.discriminator(fake.detach())  # (B,)
         loss_d = d_loss(real_logits, fake_logits)
-        loss_d.backward()
-        opt_d.step()
+        optim.step("d", loss_d)
 
-        # Generator: D's parameters are frozen so the backward pass writes no gradient into them;
-        # only opt_g steps.
+        # Generator: D's parameters are frozen so the backward pass writes no gradient into them.
         self.discriminator.requires_grad_(False)
         try:
             loss_g = g_loss(self.discriminator(fake))
-            loss_g.backward()
+            optim.step("g", loss_g)
         finally:
             self.discriminator.requires_grad_(True)
-        opt_g.step()
         return {k: v.detach() for k, v in self._terms(loss_d, loss_g, real_logits, fake_logits).items()}
 
     @staticmethod
@@ -215,19 +211,12 @@ class GAN(GenerativeModel):
             "d_fake": torch.sigmoid(fake_logits).mean(),  # mean D(G(z)) before this step's D update
         }
 
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return from_output_range(self.generator(self._prior(n, generator)))  # (n, 1, H, W) uint8
+    def prior_latents(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self._prior(n, generator)
 
     @torch.no_grad()
-    def latent_interpolation(
-        self, n_pairs: int, steps: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Spherical interpolation between pairs of prior latents: uint8 (n_pairs, steps, 1, H, W)."""
-        if steps < 2:
-            raise ValueError(f"steps must be at least 2 (both endpoints), got {steps}")
-        z0, z1 = self._prior(n_pairs, generator), self._prior(n_pairs, generator)  # (P, latent) each
-        t = torch.linspace(0.0, 1.0, steps, device=self.device)  # (S,)
-        z = slerp(z0, z1, t).reshape(n_pairs * steps, -1)  # (P * S, latent)
-        images = from_output_range(self.generator(z))  # (P * S, 1, H, W)
-        return images.reshape(n_pairs, steps, *images.shape[1:])
+    def decode_latents(self, z: Tensor) -> Tensor:
+        return from_output_range(self.generator(z), self.levels)  # (n, C, H, W) uint8
+
+    def sample(self, n: int, generator: torch.Generator | None = None, mode: str | None = None) -> Tensor:
+        return self.decode_latents(self._prior(n, generator))

@@ -26,13 +26,14 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
-from genbench.models.base import GenerativeModel, TrainConfig, bits_per_dim, register_model
 from torch import Tensor, nn
+
+from genbench.models.base import GenerativeModel, TrainConfig, bits_per_dim, register_model
 
 
 @dataclasses.dataclass(frozen=True)
 class PixelCNNConfig:
-    image_size: int = 28
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W); one channel
     levels: int = 256  # intensities per pixel; inputs are uint8 in 0..levels-1
     hidden_channels: int = 64  # feature maps per stack ("channels" is the image's channel count in base)
     n_layers: int = 7  # gated layers, the first one type A
@@ -41,7 +42,9 @@ class PixelCNNConfig:
     head_channels: int = 128  # hidden width of the 1x1 output head
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "hidden_channels", "n_layers", "head_channels"):
+        if self.image_shape[0] != 1:
+            raise ValueError(f"pixelcnn models one channel, got image_shape {self.image_shape}")
+        for name in ("hidden_channels", "n_layers", "head_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 2 <= self.levels <= 256:
@@ -174,9 +177,10 @@ class PixelCNN(GenerativeModel):
         return self.head(h)
 
     def _check(self, x: Tensor) -> None:
-        size = self.config.image_size
-        if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (1, size, size):
-            raise ValueError(f"pixelcnn expects uint8 (B, 1, {size}, {size}), got {x.dtype} {tuple(x.shape)}")
+        if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"pixelcnn expects uint8 (B, {self.image_shape}), got {x.dtype} {tuple(x.shape)}"
+            )
         # A host sync, so only for reduced level counts, where an out-of-range input is a real mistake.
         if self.config.levels < 256 and int(x.max()) >= self.config.levels:
             raise ValueError(f"inputs must be below levels={self.config.levels}; quantize them first")
@@ -194,24 +198,14 @@ class PixelCNN(GenerativeModel):
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         nats = -self.log_prob(x).mean()
-        return {"loss": nats, "bpd": bits_per_dim(nats.detach(), x[0].numel())}
+        return {"loss": nats, "bpd": bits_per_dim(nats.detach(), self.dims)}
 
     # ------------------------------------------------------------------------------- sampling
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, mode: str | None = None) -> Tensor:
         """n images (n, 1, H, W) uint8, H*W sequential steps, the whole batch at once."""
-        if self.device.type != "cpu":
-            return self._sample(n, generator)[0]
-        # Each of the ~60 ops per pixel is tiny, so intra-op threads buy little and, on shared cores,
-        # their barriers cost a lot: sample(500) of the quick model took 12 CPU-s on one thread but
-        # 137 CPU-s and 10x the wall time on two threads of a busy 2-core machine.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return self._sample(n, generator)[0]
-        finally:
-            torch.set_num_threads(threads)
+        return self._sample(n, generator)[0]
 
     def _sample(self, n: int, generator: torch.Generator | None, keep_logits: bool = False):
         """Samples, and (if ``keep_logits``) the (n, levels, H, W) logits each pixel was drawn from.
@@ -224,7 +218,10 @@ class PixelCNN(GenerativeModel):
         """
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        size, levels, device = self.config.image_size, self.config.levels, self.device
+        _, size, width = self.image_shape
+        if size != width:
+            raise ValueError(f"pixelcnn samples square images, got {self.image_shape}")
+        levels, device = self.config.levels, self.device
         dtype = self.head[-1].weight.dtype
         c = self.config.hidden_channels
         x = torch.zeros(n, 1, size, size, dtype=torch.uint8, device=device)

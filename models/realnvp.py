@@ -2,7 +2,7 @@
 
 The model is a bijection between dequantized images y in [0, 1)^D and latents z ~ N(0, I):
 
-    y = (x + u) / 256, u ~ U[0, 1)              uniform dequantization of the 8-bit pixels x
+    y = (x + u) / L, u ~ U[0, 1)                uniform dequantization of the pixels x (L levels, 256 for 8-bit)
     p = alpha + (1 - 2 alpha) y                  keep the logit away from +-infinity
     v = logit(p)                                 unbounded "logit space"
     z = f(v)                                     multi-scale stack of act norms and affine couplings
@@ -11,8 +11,8 @@ so that, by the change of variables,
 
     log p_Y(y) = log N(z; 0, I) + log|det df/dv| + sum_d [log(1 - 2 alpha) - log p_d - log(1 - p_d)]
 
-and the 8-bit protocol (models/base.py) reports log P(x) ~ log p_Y(y) - D log 256, because a pixel
-cell of the 256-level grid has volume 1/256 per dimension. NLL = -log p_Y(y) + D log 256.
+and the protocol (models/base.py) reports log P(x) ~ log p_Y(y) - D log L, because a pixel cell of
+the L-level grid has volume 1/L per dimension. NLL = -log p_Y(y) + D log L.
 
 The logit transform makes p_Y a density on the slightly larger box ((-alpha, 1 - alpha) / (1 - 2 alpha))^D,
 so it integrates to a little less than 1 over [0, 1)^D: the reported likelihood is that of a
@@ -36,17 +36,17 @@ import dataclasses
 import math
 
 import torch
-from genbench.models.base import GenerativeModel, TrainConfig, bits_per_dim, dequantize, register_model
 from torch import Tensor, nn
-from torch.optim import Optimizer
+
+from genbench.models.base import GenerativeModel, TrainConfig, bits_per_dim, dequantize, register_model
 
 LOG_2PI = math.log(2.0 * math.pi)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    image_size: int = 28
-    channels: int = 1
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W); square
+    levels: int = 256  # intensity levels: dequantization (x + u) / levels
     n_scales: int = 3  # each scale but the last halves the resolution and factors out half the channels
     n_couplings: int = 3  # checkerboard couplings, then channel couplings, per non-final scale
     n_final_couplings: int = 4  # checkerboard couplings of the last scale
@@ -54,23 +54,20 @@ class Config:
     n_blocks: int = 8  # residual blocks in each coupling network
     alpha: float = 0.05  # logit transform p = alpha + (1 - 2 alpha) y; RealNVP's CIFAR-10 value
     temperature: float = 1.0  # prior standard deviation used by sample and latent_interpolation
-    # Max gradient norm in train_step; None disables clipping. Norms of 1e3-1e4 are normal here (the
-    # loss is in nats per image), and clipping at 100 slowed the quick profile's training markedly.
-    grad_clip: float | None = None
-    weight_decay: float = 0.0  # Adam L2 penalty on all parameters (RealNVP: 5e-5 on its weight-norm scales)
 
     def __post_init__(self) -> None:
+        _, size, width = self.image_shape
+        if size != width:
+            raise ValueError(f"the flow needs square images, got image_shape {self.image_shape}")
         if self.n_scales < 1:
             raise ValueError(f"n_scales must be at least 1, got {self.n_scales}")
-        if self.image_size % 2 ** (self.n_scales - 1) != 0:
+        if size % 2 ** (self.n_scales - 1) != 0:
             raise ValueError(
-                f"image_size {self.image_size} must be divisible by 2**(n_scales-1) = "
+                f"image size {size} must be divisible by 2**(n_scales-1) = "
                 f"{2 ** (self.n_scales - 1)}; lower n_scales"
             )
-        if self.image_size < 2:
-            raise ValueError(
-                f"image_size must be at least 2 for a checkerboard coupling, got {self.image_size}"
-            )
+        if size < 2:
+            raise ValueError(f"image size must be at least 2 for a checkerboard coupling, got {size}")
         if not 0.0 < self.alpha < 0.5:
             raise ValueError(f"alpha must be in (0, 0.5) (alpha = 0 gives logit(0) = -inf), got {self.alpha}")
         if (
@@ -271,21 +268,6 @@ class Scale(nn.Module):
         return x
 
 
-def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
-    """Spherical interpolation between rows of z0 and z1 (B, D) at fractions t (T,) -> (B, T, D).
-
-    Gaussian latents concentrate near a sphere of radius sqrt(D); the straight line between two of
-    them dips toward the origin (atypical, blurry decodes), the great circle does not."""
-    cos = ((z0 * z1).sum(1) / (z0.norm(dim=1) * z1.norm(dim=1))).clamp(-1.0, 1.0)  # (B,)
-    omega = torch.acos(cos)[:, None]  # (B, 1)
-    sin = torch.sin(omega)
-    t = t[None, :]  # (1, T)
-    linear = sin.abs() < 1e-6  # parallel latents: fall back to linear interpolation
-    w0 = torch.where(linear, 1.0 - t, torch.sin((1.0 - t) * omega) / torch.where(linear, 1.0, sin))  # (B, T)
-    w1 = torch.where(linear, t, torch.sin(t * omega) / torch.where(linear, 1.0, sin))  # (B, T)
-    return w0[..., None] * z0[:, None] + w1[..., None] * z1[:, None]  # (B, T, D)
-
-
 # --------------------------------------------------------------------------------------------------
 # Profiles
 
@@ -329,9 +311,16 @@ def _full() -> tuple[Config, TrainConfig]:
             hidden_channels=64,
             n_blocks=8,
             alpha=MNIST_ALPHA,
+        ),
+        TrainConfig(
+            epochs=100,
+            batch_size=64,
+            lr=1e-3,
+            val_images=5000,
+            checkpoint_every=2000,
+            log_every=50,
             weight_decay=5e-5,
         ),
-        TrainConfig(epochs=100, batch_size=64, lr=1e-3, val_images=5000, checkpoint_every=2000, log_every=50),
     )
 
 
@@ -345,13 +334,13 @@ class RealNVP(GenerativeModel):
 
     likelihood = "exact"
     can_reconstruct = True
+    can_interpolate = True
     Config = Config
     profiles = {"smoke": _smoke, "quick": _quick, "full": _full}
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        c, size = config.channels, config.image_size
-        self.dims = c * size * size
+        c, size, _ = config.image_shape
         scales = []
         # Shapes of the latent pieces in the order forward concatenates them (factored-out parts, then final).
         self.latent_shapes: list[tuple[int, int, int]] = []
@@ -425,60 +414,40 @@ class RealNVP(GenerativeModel):
     # ---- GenerativeModel -------------------------------------------------------------------------
 
     def log_prob(self, x: Tensor) -> Tensor:
-        """Nats per image on the 8-bit protocol: log p_Y(y) - D log 256 with y = (x + u) / 256.
+        """Nats per image of the discrete image: log p_Y(y) - D log L with y = (x + u) / L, L = levels.
 
         One dequantization sample u ~ U[0, 1)^D per image, the standard estimator (as in the RealNVP
         and Glow papers). By Jensen's inequality its expectation is a lower bound on the log
         probability of the discrete image under the model, so averages over a test set are unbiased
         estimates of that bound."""
-        y = dequantize(x)  # (B, C, H, W) float32 in [0, 1)
-        return self.log_density(y) - self.dims * math.log(256.0)
+        y = dequantize(x, self.levels)  # (B, C, H, W) float32 in [0, 1)
+        return self.log_density(y) - self.dims * math.log(self.levels)
+
+    def likelihood_estimator(self) -> str:
+        return "exact density of the dequantized image, one uniform dequantization draw per image"
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         nll = -self.log_prob(x).mean()
         return {"loss": nll, "bpd": bits_per_dim(nll, self.dims)}
 
-    def configure_optimizers(self, lr: float) -> dict[str, Optimizer]:
-        return {"main": torch.optim.Adam(self.parameters(), lr=lr, weight_decay=self.config.weight_decay)}
-
-    def train_step(self, x: Tensor, optimizers: dict[str, Optimizer]) -> dict[str, Tensor]:
-        """One Adam step, with gradient-norm clipping when config.grad_clip is set."""
-        (opt,) = optimizers.values()
-        opt.zero_grad(set_to_none=True)
-        terms = self.loss(x)
-        terms["loss"].backward()
-        if self.config.grad_clip is not None:
-            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.parameters(), self.config.grad_clip)
-        opt.step()
-        return {k: v.detach() for k, v in terms.items()}
-
-    def _decode(self, z: Tensor) -> Tensor:
-        """Latents (B, D) -> uint8 images (B, C, H, W): floor(y * 256), clamped to 0..255."""
+    def decode_latents(self, z: Tensor) -> Tensor:
+        """Latents (B, D) -> uint8 images (B, C, H, W): floor(y * levels), clamped to 0..levels-1."""
         y = self.inverse(z)
-        return torch.floor(y.float() * 256.0).clamp(0, 255).to(torch.uint8)
+        return torch.floor(y.float() * self.levels).clamp(0, self.levels - 1).to(torch.uint8)
 
-    def _prior(self, n: int, generator: torch.Generator | None) -> Tensor:
+    def prior_latents(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         z = torch.randn(n, self.dims, generator=generator, device=self.device)  # (n, D)
         return z * self.config.temperature
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, mode: str | None = None) -> Tensor:
         """z ~ N(0, temperature^2 I), inverted through the flow and the logit transform."""
-        return self._decode(self._prior(n, generator))
+        return self.decode_latents(self.prior_latents(n, generator))
 
     def reconstruct(self, x: Tensor) -> Tensor:
-        """Forward then inverse of the deterministic pixel centres y = (x + 0.5) / 256.
+        """Forward then inverse of the deterministic pixel centres y = (x + 0.5) / levels.
 
         Returns the recovered y in [0, 1]: equal to the input up to float error, so against x / 255
         it carries the quantization-offset floor of at most 0.5/256 per pixel (MSE ~ 4e-6)."""
-        y = (x.float() + 0.5) / 256.0  # (B, C, H, W)
+        y = (x.float() + 0.5) / self.levels  # (B, C, H, W)
         z, _ = self(y)
         return self.inverse(z).float().clamp(0.0, 1.0)
-
-    def latent_interpolation(
-        self, n_pairs: int, steps: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Spherical interpolation between pairs of prior latents -> uint8 (n_pairs, steps, C, H, W)."""
-        z0, z1 = self._prior(n_pairs, generator), self._prior(n_pairs, generator)  # (n_pairs, D) each
-        t = torch.linspace(0.0, 1.0, steps, device=self.device)
-        z = slerp(z0, z1, t).reshape(n_pairs * steps, self.dims)  # (n_pairs * steps, D)
-        return self._decode(z).reshape(n_pairs, steps, *self.image_shape)

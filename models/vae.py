@@ -15,30 +15,28 @@ import math
 
 import torch
 import torch.nn.functional as F
-from genbench.models.base import GenerativeModel, TrainConfig, register_model, to_uint8
 from torch import Tensor, nn
+
+from genbench.models.base import GenerativeModel, TrainConfig, register_model, to_uint8
 
 LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig:
-    image_size: int = 28  # must be divisible by 4 (two stride-2 stages)
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W); H and W divisible by 4
     latent_dim: int = 32
     channels: tuple[int, int] = (32, 64)  # encoder widths; the decoder mirrors them
     hidden: int = 256  # fully connected layer between conv features and the latent
     levels: int = 256  # intensity levels of the discretized decoder
-    sample_mode: str = "mean"  # "mean": expected intensity per pixel; "sample": draw each pixel
     # KL warm-up (Sønderby et al. 2016): the KL weight rises linearly from 0 to 1 over these training
     # steps. Without it the strong per-pixel decoder wins first and the posterior collapses (KL ~0.03
     # nats, 2.6 bits/dim on the quick profile). Evaluation and validation always use the true ELBO.
     kl_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
-        if self.image_size % 4:
-            raise ValueError(f"image_size must be divisible by 4, got {self.image_size}")
-        if self.sample_mode not in ("mean", "sample"):
-            raise ValueError(f"sample_mode must be 'mean' or 'sample', got {self.sample_mode!r}")
+        if self.image_shape[1] % 4 or self.image_shape[2] % 4:
+            raise ValueError(f"image height and width must be divisible by 4, got {self.image_shape}")
 
 
 def _gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
@@ -46,37 +44,58 @@ def _gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar)).sum(-1)
 
 
+def _log1mexp_inv_scale(log_scale: Tensor, a: Tensor) -> Tensor:
+    """log(1 - exp(-a)) for a = exp(-log_scale) > 0: log(-expm1(-a)) for a < ln 2, else
+    log1p(-exp(-a)) (Maechler 2012); below 1e-4 the series log a - a/2 (error < a^2/24), with
+    log a = -log_scale exact even where a underflows. Each branch gets an argument inside its own
+    domain (the "double where"), so branches not taken contribute no inf or NaN gradient."""
+    big, small = a > math.log(2), a < 1e-4
+    a_big = torch.where(big, a, torch.ones_like(a))
+    a_mid = torch.where(big | small, torch.full_like(a, 0.5), a)
+    mid = torch.log(-torch.expm1(-a_mid))
+    return torch.where(big, torch.log1p(-torch.exp(-a_big)), torch.where(small, -log_scale - 0.5 * a, mid))
+
+
 def discretized_logistic_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor, levels: int) -> Tensor:
     """Elementwise log P(x) for integer x in 0..levels-1 under a logistic(mean, exp(log_scale))
     (in intensity units) discretized to unit bins, the tails folded into the end bins. Sums to one
-    over the levels exactly: the bin masses telescope."""
+    over the levels up to float rounding (exactly in real arithmetic).
+
+    Stable in float32 everywhere, with finite gradients: with u, l the standardized upper and
+    lower bin edges (u - l = 1/s), the mass of a middle bin factorizes exactly as
+        sigmoid(u) - sigmoid(l) = sigmoid(u) * sigmoid(-l) * (1 - exp(-(u - l))),
+    the difference of log-sigmoids log sigmoid(u) + log1mexp(log sigmoid(u) - log sigmoid(l)) in
+    closed form. Its log is a sum of three negative terms, so nothing cancels on either side of the
+    mean (it is symmetric under u -> -l, l -> -u: the CDF form below the mean, the survival-function
+    form above it) and no bin underflows. End bins: log sigmoid(u) (bottom), log sigmoid(-l) (top)."""
     x = x.float()
     inv_s = torch.exp(-log_scale)
-    upper = inv_s * (x + 0.5 - mean)
-    lower = inv_s * (x - 0.5 - mean)
-    log_cdf_upper = upper - F.softplus(upper)  # log sigmoid(upper): mass of the bottom bin
-    log_sf_lower = -F.softplus(lower)  # log (1 - sigmoid(lower)): mass of the top bin
-    mass = torch.sigmoid(upper) - torch.sigmoid(lower)
-    # Far in a tail the difference of sigmoids underflows; the bin mass is then density x width (1).
-    centre = inv_s * (x - mean)
-    log_density = centre - log_scale - 2.0 * F.softplus(centre)
-    log_mid = torch.where(mass > 1e-5, torch.log(mass.clamp_min(1e-12)), log_density)
+    upper = (x + 0.5 - mean) * inv_s
+    lower = (x - 0.5 - mean) * inv_s
+    log_cdf_upper = F.logsigmoid(upper)  # log P(X < x + 1/2): the bottom bin's mass
+    log_sf_lower = F.logsigmoid(-lower)  # log P(X > x - 1/2): the top bin's mass
+    log_mid = log_cdf_upper + log_sf_lower + _log1mexp_inv_scale(log_scale, inv_s)
     return torch.where(x <= 0, log_cdf_upper, torch.where(x >= levels - 1, log_sf_lower, log_mid))
 
 
-def discretized_logistic_probs(mean: Tensor, log_scale: Tensor, levels: int) -> Tensor:
-    """All bin masses: (..., H, W) parameters -> (..., levels, H, W) probabilities."""
+def discretized_logistic_mean(mean: Tensor, log_scale: Tensor, levels: int) -> Tensor:
+    """The expected pixel value sum_x x P(x) of the discretized logistic, elementwise, as
+    sum over the bin edges e of P(X > e) = sigmoid((mean - e) / s); a block of edges at a time, so
+    memory stays that of the parameters whatever the number of levels."""
+    inv_s = torch.exp(-log_scale).unsqueeze(-1)  # (..., 1)
+    total = torch.zeros_like(mean)
     edges = torch.arange(levels - 1, device=mean.device, dtype=torch.float32) + 0.5  # (L-1,)
-    shape = (1,) * (mean.dim() - 2) + (-1, 1, 1)
-    cdf = torch.sigmoid((edges.view(shape) - mean.unsqueeze(-3)) * torch.exp(-log_scale).unsqueeze(-3))
-    zeros, ones = torch.zeros_like(cdf[..., :1, :, :]), torch.ones_like(cdf[..., :1, :, :])
-    return torch.cat([cdf, ones], -3) - torch.cat([zeros, cdf], -3)
+    for block in edges.split(32):
+        total += torch.sigmoid((mean.unsqueeze(-1) - block) * inv_s).sum(-1)
+    return total
 
 
 @register_model("vae")
 class VAE(GenerativeModel):
     likelihood = "bound"
+    importance_weighted = True
     can_reconstruct = True
+    can_interpolate = True
     Config = VAEConfig
     profiles = {
         "smoke": lambda: (
@@ -104,11 +123,11 @@ class VAE(GenerativeModel):
     def __init__(self, config: VAEConfig) -> None:
         super().__init__(config)
         c1, c2 = config.channels
-        s = config.image_size // 4
-        self.feature_shape = (c2, s, s)
-        flat = c2 * s * s
+        c, h, w = config.image_shape
+        self.feature_shape = (c2, h // 4, w // 4)
+        flat = c2 * (h // 4) * (w // 4)
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, c1, 4, stride=2, padding=1),
+            nn.Conv2d(c, c1, 4, stride=2, padding=1),
             nn.SiLU(),  # (B, c1, H/2, W/2)
             nn.Conv2d(c1, c2, 4, stride=2, padding=1),
             nn.SiLU(),  # (B, c2, H/4, W/4)
@@ -128,14 +147,12 @@ class VAE(GenerativeModel):
             nn.SiLU(),  # (B, c1, H/2, W/2)
             nn.ConvTranspose2d(c1, c1, 4, stride=2, padding=1),
             nn.SiLU(),  # (B, c1, H, W)
-            nn.Conv2d(c1, 2, 1),  # (B, 2, H, W): logistic mean and log-scale per pixel
+            nn.Conv2d(c1, 2 * c, 1),  # (B, 2C, H, W): logistic means, then log-scales, per pixel
         )
         # Start the decoder wide (scale ~20 intensity levels): a narrow logistic far from the data
         # gives huge gradients in the first steps that blow up the encoder (KL in the thousands).
         with torch.no_grad():
-            self.decoder_conv[-1].bias[1] = 3.0
-        self.register_buffer("intensities", torch.arange(config.levels, dtype=torch.float32))
-        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # drives the KL warm-up
+            self.decoder_conv[-1].bias[c:] = 3.0
 
     # --- the model's parts --------------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -144,17 +161,17 @@ class VAE(GenerativeModel):
         return mu, logvar.clamp(-12.0, 8.0)
 
     def decode(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Decoder parameters in intensity units: mean and log-scale, (B, H, W) each."""
+        """Decoder parameters in intensity units: mean and log-scale, (B, C, H, W) each."""
         h = self.decoder_fc(z).view(-1, *self.feature_shape)  # (B, c2, H/4, W/4)
-        out = self.decoder_conv(h).float()  # (B, 2, H, W)
+        mean_raw, log_scale = self.decoder_conv(h).float().chunk(2, dim=1)  # (B, C, H, W) each
         top = self.config.levels - 1
-        mean = (out[:, 0] + 1) * (top / 2)  # unbounded: the end bins absorb the tails; tanh saturated
-        return mean, out[:, 1].clamp(min=-7.0)  # a clamp above would stop the gradient of wide pixels
+        mean = (mean_raw + 1) * (top / 2)  # unbounded: the end bins absorb the tails; tanh saturated
+        return mean, log_scale.clamp(min=-7.0)  # a clamp above would stop the gradient of wide pixels
 
     def _log_px_given_z(self, params: tuple[Tensor, Tensor], x: Tensor) -> Tensor:
-        """Exact discrete log P(x | z) per image, summed over pixels."""
+        """Exact discrete log P(x | z) per image, summed over pixels and channels."""
         mean, log_scale = params
-        log_p = discretized_logistic_log_prob(x[:, 0], mean, log_scale, self.config.levels)  # (B, H, W)
+        log_p = discretized_logistic_log_prob(x, mean, log_scale, self.config.levels)  # (B, C, H, W)
         return log_p.flatten(1).sum(1)  # (B,)
 
     def _elbo_terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -166,22 +183,34 @@ class VAE(GenerativeModel):
 
     # --- the interface ------------------------------------------------------------------------
     def loss(self, x: Tensor) -> dict[str, Tensor]:
-        """In training mode the objective is -(log P(x|z) - beta KL) with the warm-up weight beta;
-        otherwise (validation) beta = 1, the negative ELBO in nats per image."""
+        """The negative ELBO in nats per image (beta = 1), with its reconstruction and KL terms."""
         log_px, kl = self._elbo_terms(x)
         nelbo = (kl - log_px).mean()
-        terms = {"recon": -log_px.mean(), "kl": kl.mean(), "nelbo": nelbo.detach()}
+        return {"loss": nelbo, "recon": -log_px.mean(), "kl": kl.mean()}
+
+    def training_loss(self, x: Tensor, step: int) -> dict[str, Tensor]:
+        """-(log P(x|z) - beta KL), beta rising linearly from 0 to 1 over the KL warm-up steps."""
         warmup = self.config.kl_warmup_steps
-        if self.training and torch.is_grad_enabled() and warmup > 0:
-            beta = (self.train_steps.float() / warmup).clamp(max=1.0)
-            self.train_steps += 1
-            return {"loss": terms["recon"] + beta * terms["kl"], "beta": beta, **terms}
-        return {"loss": nelbo, **terms}
+        if warmup <= 0:
+            return self.loss(x)
+        log_px, kl = self._elbo_terms(x)
+        beta = min(step / warmup, 1.0)
+        recon, kl_mean = -log_px.mean(), kl.mean()
+        return {
+            "loss": recon + beta * kl_mean,
+            "beta": kl_mean.new_tensor(beta),
+            "nelbo": (recon + kl_mean).detach(),
+            "recon": recon,
+            "kl": kl_mean,
+        }
 
     def log_prob(self, x: Tensor) -> Tensor:
         """The ELBO per image in nats (a lower bound on log P(x)), one posterior sample."""
         log_px, kl = self._elbo_terms(x)
         return log_px - kl
+
+    def likelihood_estimator(self) -> str:
+        return "negative ELBO, one posterior sample per image"
 
     def iwae_log_prob(self, x: Tensor, k: int, chunk: int = 64) -> Tensor:
         """log (1/k) sum_i P(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x); k posterior samples per image,
@@ -201,34 +230,33 @@ class VAE(GenerativeModel):
         return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k)  # (B,)
 
     def _mean_image(self, z: Tensor) -> Tensor:
-        """Expected intensity in [0, 1] under the decoder, (B, 1, H, W)."""
-        probs = discretized_logistic_probs(*self.decode(z), self.config.levels)  # (B, L, H, W)
-        return (torch.einsum("blhw,l->bhw", probs, self.intensities) / (self.config.levels - 1)).unsqueeze(1)
+        """Expected pixel value in [0, 1] under the decoder, (B, C, H, W)."""
+        return discretized_logistic_mean(*self.decode(z), self.config.levels) / (self.config.levels - 1)
 
-    def _decode_images(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        if self.config.sample_mode == "mean":
-            return to_uint8(self._mean_image(z))
+    def sample_modes(self) -> dict[str, str]:
+        return {"mean": "decoder mean", "sample": "sampled pixels"}
+
+    def _decode_images(self, z: Tensor, mode: str, generator: torch.Generator | None = None) -> Tensor:
+        if mode == "mean":  # the expected image, as VAE papers usually show
+            return to_uint8(self._mean_image(z), self.config.levels)
+        if mode != "sample":
+            raise ValueError(f"unknown sample mode {mode!r}; choose from {', '.join(self.sample_modes())}")
         # Rounding and clamping a logistic draw is exactly a draw of the discretized logistic.
         mean, log_scale = self.decode(z)
         u = torch.rand(mean.shape, device=mean.device, generator=generator).clamp(1e-6, 1 - 1e-6)
         x = mean + torch.exp(log_scale) * (torch.log(u) - torch.log1p(-u))
-        return x.round().clamp(0, self.config.levels - 1).to(torch.uint8).unsqueeze(1)
+        return x.round().clamp(0, self.config.levels - 1).to(torch.uint8)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(n, self.config.latent_dim, device=self.device, generator=generator)
-        return self._decode_images(z, generator)
+    def prior_latents(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn(n, self.config.latent_dim, device=self.device, generator=generator)  # (n, Z)
+
+    def decode_latents(self, z: Tensor) -> Tensor:
+        return self._decode_images(z, "mean")
+
+    def sample(self, n: int, generator: torch.Generator | None = None, mode: str | None = None) -> Tensor:
+        return self._decode_images(self.prior_latents(n, generator), mode or "mean", generator)
 
     def reconstruct(self, x: Tensor) -> Tensor:
-        """Expected intensity in [0, 1] under the decoder at the posterior mean."""
+        """Expected pixel value in [0, 1] under the decoder at the posterior mean."""
         mu, _ = self.encode(x)
         return self._mean_image(mu)
-
-    def latent_interpolation(
-        self, n_pairs: int, steps: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Decoded straight lines between pairs of prior latents: uint8 (n_pairs, steps, 1, H, W)."""
-        ends = torch.randn(2, n_pairs, self.config.latent_dim, device=self.device, generator=generator)
-        t = torch.linspace(0, 1, steps, device=self.device).view(1, steps, 1)
-        z = ends[0].unsqueeze(1) * (1 - t) + ends[1].unsqueeze(1) * t  # (P, S, Z)
-        images = self._decode_images(z.flatten(0, 1), generator)
-        return images.view(n_pairs, steps, *images.shape[1:])

@@ -1,6 +1,7 @@
 """Driving `bench` in-process through click's CliRunner, and checking its one-line errors."""
 
 from click.testing import CliRunner
+
 from genbench.bench.cli import cli
 
 

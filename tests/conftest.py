@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from genbench.bench.data import MNIST, MNIST_FILES, raw_dir, resolve_data_dir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
 from genbench import models
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -53,7 +54,7 @@ def test_timed_step_steps_every_optimizer(name):
     before = [p.detach().clone() for p in case.model.parameters()]
     terms = case.fn()
     assert torch.isfinite(terms["loss"])
-    assert case.optimizers and all(len(opt.state) > 0 for opt in case.optimizers.values())
+    assert case.optimizers and all(len(opt.state) > 0 for opt in case.optimizers.optimizers.values())
     assert any(not torch.equal(a, p) for a, p in zip(before, case.model.parameters(), strict=True))
     assert case.images == case.info["batch_size"] == models.build(name, "smoke")[1].batch_size
     assert case.info["parameters"] == case.model.num_parameters() > 0

@@ -47,9 +47,15 @@ def test_smoke_run_writes_every_file(vae_run):
     assert status["status"] == "done"
     config = json.loads((run_dir / "config.json").read_text())
     assert config["model"] == "vae" and config["seed"] == 0 and config["versions"]["torch"]
-    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
-    assert metrics["bpd"]["protocol"]["kind"] == "bound" and metrics["bpd"]["value"] > 0
-    assert metrics["iwae_nats"]["protocol"]["k"] == 8
+    doc = json.loads((run_dir / "metrics.json").read_text())
+    metrics = doc["metrics"]
+    assert (
+        doc["schema"] == 2 and doc["protocol"]["dataset"] == "mnist" and doc["protocol"]["test_images"] == 256
+    )
+    assert metrics["bpd"]["kind"] == "bound" and metrics["bpd"]["value"] > 0
+    assert metrics["iwae_nats"]["kind"] == "estimate" and metrics["iwae_nats"]["k"] == 8
+    assert metrics["fid_mnist"]["variant"] == "decoder mean"
+    assert metrics["fid_mnist[sample]"]["variant"] == "sampled pixels"
     assert "Bits/dim" in result.output and "seed 0" in result.output
 
 
@@ -85,9 +91,39 @@ def test_resume_of_a_finished_run_keeps_its_numbers(vae_run):
         assert after[key]["value"] == before[key]["value"], key
 
 
+@pytest.mark.slow
+def test_options_that_change_a_number_are_recorded_and_used_on_resume(tmp_path, mnist_dir):
+    """--allow-few-samples lives in the run's config: resuming the run needs no flag and ends done."""
+    args = (
+        "--models",
+        "gan",
+        "--profile",
+        "smoke",
+        "--data-dir",
+        mnist_dir,
+        "--out",
+        tmp_path,
+        "--name",
+        "few",
+    )
+    result = invoke(
+        "run", *args, "--n-samples", "100", "--allow-few-samples", "--max-steps", "2", "--no-progress"
+    )
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "gan-smoke-s0-few"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["eval_config"]["allow_few_samples"] is True and config["eval_config"]["n_samples"] == 100
+    result = invoke("run", "--resume", run_dir, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "done"
+    assert json.loads((run_dir / "metrics.json").read_text())["metrics"]["fid_mnist"]["protocol"][
+        "rank_deficient"
+    ]
+
+
 def test_unknown_model_is_a_usage_error_listing_choices():
-    line = one_line_error(invoke("run", "--models", "vae,diffusion", "--dry-run"), 2)
-    assert "diffusion" in line and "vae" in line and "pixelcnn" in line
+    line = one_line_error(invoke("run", "--models", "vae,nosuchmodel", "--dry-run"), 2)
+    assert "nosuchmodel" in line and "vae" in line and "pixelcnn" in line
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ import struct
 
 import pytest
 import torch
+
 from genbench.bench import data as bench_data
 from genbench.bench.data import MNIST_FILES, batches, epoch_order, load_mnist, resolve_data_dir, verify
 from genbench.core.errors import UserError

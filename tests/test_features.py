@@ -7,6 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
 from genbench.core.errors import UserError
 from genbench.core.files import file_sha256
 from genbench.metrics import features
@@ -21,7 +23,6 @@ from genbench.metrics.features import (
     sha256_path,
     train_classifier,
 )
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 
 def blobs(n: int, seed: int) -> torch.Tensor:

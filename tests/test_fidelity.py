@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
 from genbench.core.errors import UserError
 from genbench.metrics import METRICS, fidelity, inception
 from genbench.metrics.base import EvalConfig, EvalContext
@@ -40,6 +41,29 @@ def test_a_set_against_itself_scores_perfectly(mnist_net):
     assert other["fid_mnist"] > 1.0 and other["fid_mnist"] > 100 * abs(same["fid_mnist"])
 
 
+def assert_one_mode_covered(generated, real, network):
+    """`generated` resembles only one of the two equal halves of `real`: its samples lie on the real
+    manifold (precision near 1) but cover half of it (recall near 0.5), not the other way round."""
+    s = scores(generated, real, network)
+    assert s["precision_mnist"] > 0.8, s
+    assert s["recall_mnist"] < 0.6, s
+    assert s["precision_mnist"] - s["recall_mnist"] > 0.3, s
+
+
+def test_precision_and_recall_when_only_one_mode_is_generated(mnist_net):
+    real = torch.cat([blobs(200, 20), 255 - blobs(200, 21)])  # bright blobs and their negatives
+    assert_one_mode_covered(blobs(200, 22), real, mnist_net)  # measured: precision 0.94, recall 0.46
+
+
+def test_precision_and_recall_when_only_zeros_are_generated(mnist_net, mnist_dir):
+    from genbench.bench.data import load_mnist
+
+    data = load_mnist(mnist_dir, download_missing=False)
+    zeros, ones = data.test[data.test_labels == 0], data.test[data.test_labels == 1]
+    real = torch.cat([zeros[:200], ones[:200]])
+    assert_one_mode_covered(zeros[200:400], real, mnist_net)  # measured: precision 0.87, recall 0.45
+
+
 def test_fid_and_is_do_not_depend_on_the_batch_size(mnist_net):
     a, b = blobs(SMALL, 2), blobs(SMALL, 3)
 
@@ -64,31 +88,29 @@ def test_protocol_is_stated_beside_every_value(mnist_net):
     assert values["fid_mnist"].protocol["feature_layer"] == "128"
     assert values["fid_mnist"].protocol["reference"] == "test"
     assert values["is_mnist"].protocol["feature_layer"] == "logits"
-    assert values["kid_mnist"].protocol["kid_subset_size"] == SMALL  # min(1000, n): torch-fidelity needs <= n
+    # Subsets of half the set: subsets as large as the set are all the same set, and KID's std is 0.
+    assert values["kid_mnist"].protocol["kid_subset_size"] == SMALL // 2
+    assert values["kid_mnist"].protocol["std"] > 1e-5
     assert 1.0 <= values["is_mnist"].value <= 10.0  # IS is bounded by the number of classes
 
 
-def test_fid_refuses_fewer_samples_than_feature_dimensions(mnist_net, monkeypatch):
-    monkeypatch.delenv(fidelity.ALLOW_ENV_VAR, raising=False)
+def test_fid_refuses_fewer_samples_than_feature_dimensions(mnist_net):
     few = blobs(100, 6)
-    with pytest.raises(UserError, match=r"rank at most 99.*GENBENCH_ALLOW_FEW_SAMPLES"):
+    with pytest.raises(UserError, match=r"rank at most 99.*--allow-few-samples"):
         fidelity.fidelity_scores(few, few, mnist_net)
     allowed = fidelity.fidelity_scores(few, blobs(100, 7), mnist_net, allow_few_samples=True)
     assert allowed["fid_mnist"].value > 0 and allowed["fid_mnist"].protocol["rank_deficient"]
-    assert allowed["kid_mnist"].protocol["kid_subset_size"] == 100
-    monkeypatch.setenv(fidelity.ALLOW_ENV_VAR, "1")
-    fidelity.check_sample_count(100, mnist_net)  # allowed through the environment
+    assert allowed["kid_mnist"].protocol["kid_subset_size"] == 50
+    fidelity.check_sample_count(100, mnist_net, allow=True)
     with pytest.raises(UserError, match="at least 10 samples"):
-        fidelity.check_sample_count(
-            9, mnist_net
-        )  # IS splits and PR neighbours need some, whatever is allowed
+        fidelity.check_sample_count(9, mnist_net, allow=True)  # IS splits and PR neighbours need some
 
 
 class FakeModel:
     def __init__(self, images: torch.Tensor) -> None:
         self.images, self.calls = images, 0
 
-    def sample(self, n, generator=None):
+    def sample(self, n, generator=None, mode=None):
         self.calls += 1
         start = (self.calls - 1) * 64
         return self.images[start : start + n]
@@ -96,7 +118,7 @@ class FakeModel:
 
 def make_ctx(model, n_samples, networks, cache_dir=None, test=None):
     config = EvalConfig(n_samples=n_samples, batch_size=64, feature_networks=networks)
-    data = SimpleNamespace(test=blobs(400, 9) if test is None else test)
+    data = SimpleNamespace(test=blobs(400, 9) if test is None else test, name="blobs")
     return EvalContext(model, data, config, torch.device("cpu"), seed=1, cache_dir=cache_dir)
 
 
@@ -128,28 +150,35 @@ def test_registered_metric_compares_samples_with_cached_test_statistics(tmp_path
     first = METRICS["fidelity_mnist"].compute(ctx)
     assert first["fid_mnist"].protocol["n_reference"] == SMALL
     cached = sorted(p.name for p in tmp_path.iterdir())
-    assert cached and all(name.startswith(f"genbench-mnist-test-n{SMALL}-") for name in cached)
+    assert cached and all(name.startswith(f"genbench-blobs-test-n{SMALL}-s0-") for name in cached)
     assert any("stat-fid-128" in name for name in cached)
     # Same numbers when the reference comes from the cache, and the same as computing it directly.
     again = METRICS["fidelity_mnist"].compute(
         make_ctx(FakeModel(samples), SMALL, ("mnist",), cache_dir=tmp_path)
     )
-    direct = fidelity.fidelity_scores(
+    # The reference is a seeded random subset of the test set, not its first images.
+    reference = ctx.data.test[
+        torch.randperm(len(ctx.data.test), generator=torch.Generator().manual_seed(0))[:SMALL]
+    ]
+    direct = fidelity.fidelity_scores(samples, reference, fidelity.resolve_network("mnist"), seed=1)
+    first_images = fidelity.fidelity_scores(
         samples, ctx.data.test[:SMALL], fidelity.resolve_network("mnist"), seed=1
     )
+    assert first_images["fid_mnist"].value != pytest.approx(first["fid_mnist"].value, rel=1e-3)
     for key in first:
         assert again[key].value == first[key].value
         assert direct[key].value == pytest.approx(first[key].value, rel=1e-5, abs=1e-7)
 
 
 def test_floors_compare_train_with_test_and_score_test(tmp_path):
-    data = SimpleNamespace(train=blobs(SMALL, 11), test=blobs(SMALL + 20, 12))
+    data = SimpleNamespace(train=blobs(SMALL, 11), test=blobs(SMALL + 20, 12), name="blobs")
     floors = fidelity.compute_floors(data, "mnist", SMALL, tmp_path / "cache", "cpu", seed=0)
     path = fidelity.write_floors(tmp_path / "results", floors)
-    assert path == tmp_path / "results" / "floors" / f"mnist_n{SMALL}.json"
+    assert path == tmp_path / "results" / "floors" / f"blobs_mnist_n{SMALL}.json"
     doc = json.loads(path.read_text())
+    assert doc["schema"] == 2 and doc["dataset"] == "blobs"
     assert doc["feature_network"] == "mnist" and doc["n_samples"] == SMALL
-    assert doc["reference"] == "test" and doc["compared"] == "train"
+    assert doc["reference"] == f"test, random {SMALL} of {SMALL + 20} (seed 0)" and doc["compared"] == "train"
     assert set(doc["metrics"]) == {o.key for o in fidelity.outputs_for("mnist")}
     fid = doc["metrics"]["fid_mnist"]
     assert fid["label"] == "FID (mnist)" and fid["higher_is_better"] is False and fid["value"] > 0
@@ -157,7 +186,8 @@ def test_floors_compare_train_with_test_and_score_test(tmp_path):
     # IS of the test images: the same as scoring them as if they were samples.
     is_entry = doc["metrics"]["is_mnist"]
     assert is_entry["protocol"]["images"] == "test"
-    own = fidelity.fidelity_scores(data.test[:SMALL], data.train, fidelity.resolve_network("mnist"))
+    test_subset = fidelity.reference_images(data.test, SMALL, subset_seed=0)
+    own = fidelity.fidelity_scores(test_subset, data.train, fidelity.resolve_network("mnist"))
     assert is_entry["value"] == pytest.approx(own["is_mnist"].value, rel=1e-6)
 
 

@@ -7,8 +7,11 @@ import math
 
 import pytest
 import torch
+
+from model_utils import optimizers_for
+
 from genbench.models.base import build, get_model_class
-from genbench.models.gan import GAN, GANConfig, from_output_range, slerp, to_output_range
+from genbench.models.gan import ADAM_BETAS, GAN, GANConfig, from_output_range, to_output_range
 
 TINY = GANConfig(latent_dim=8, g_channels=4, d_channels=4)
 
@@ -40,8 +43,9 @@ def test_registered_without_likelihood_or_reconstruction():
     assert GAN.likelihood is None and GAN.can_reconstruct is False
     model, train_config = build("gan", "smoke")
     assert train_config.max_steps == 30 and train_config.batch_size == 32
-    assert set(model.configure_optimizers(1e-3)) == {"d", "g"}
-    for opt in model.configure_optimizers(1e-3).values():
+    optimizers = optimizers_for(model, config=train_config)
+    assert set(optimizers.optimizers) == {"d", "g"}
+    for opt in optimizers.optimizers.values():
         assert opt.defaults["betas"] == (0.5, 0.999)
 
 
@@ -50,7 +54,7 @@ def test_train_step_updates_both_players_and_keeps_their_gradients_apart():
     G's backward must add nothing to D's gradients and nothing may move D after D's own step."""
     model = tiny_model()
     model.train()
-    opts = model.configure_optimizers(1e-3)
+    opts = optimizers_for(model, betas=ADAM_BETAS)
     g_before, d_before = params(model.generator), params(model.discriminator)
     seen: dict[str, object] = {"order": []}
 
@@ -68,10 +72,10 @@ def test_train_step_updates_both_players_and_keeps_their_gradients_apart():
         seen["d_at_g_step"] = params(model.discriminator)
         seen["g_grads_at_g_step"] = grads(model.generator)
 
-    opts["d"].register_step_pre_hook(d_pre)
-    opts["d"].register_step_post_hook(d_post)
-    opts["g"].register_step_pre_hook(g_pre)
-    terms = model.train_step(fake_batch(), opts)
+    opts.optimizers["d"].register_step_pre_hook(d_pre)
+    opts.optimizers["d"].register_step_post_hook(d_post)
+    opts.optimizers["g"].register_step_pre_hook(g_pre)
+    terms = model.train_step(fake_batch(), opts, 0)
 
     assert seen["order"] == ["d", "g"]
     # D's loss leaked no gradient into G.
@@ -158,43 +162,34 @@ def test_samples_are_seeded_uint8_images():
 
 def test_latent_interpolation_starts_at_the_prior_samples():
     model = tiny_model().eval()
-    path = model.latent_interpolation(3, 5, torch.Generator().manual_seed(4))
+    path = model.interpolate(3, 5, torch.Generator().manual_seed(4))
     assert path.dtype == torch.uint8 and path.shape == (3, 5, 1, 28, 28)
     # The first endpoints are the first 3 prior draws, exactly what sample() draws with this seed.
     assert torch.equal(path[:, 0], model.sample(3, torch.Generator().manual_seed(4)))
     assert not torch.equal(path[:, 0], path[:, -1])
     with pytest.raises(ValueError, match="steps"):
-        model.latent_interpolation(1, 1)
-
-
-def test_slerp_hits_the_endpoints_and_keeps_the_norm_on_the_arc():
-    z0 = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
-    z1 = torch.tensor([[0.0, 3.0], [1.0, 1.0]])  # orthogonal pair; identical pair (lerp fallback)
-    path = slerp(z0, z1, torch.linspace(0, 1, 5))  # (2, 5, 2)
-    assert torch.allclose(path[:, 0], z0, atol=1e-6) and torch.allclose(path[:, -1], z1, atol=1e-6)
-    assert torch.allclose(path[0].norm(dim=1), torch.full((5,), 3.0), atol=1e-5)  # lerp would dip to 2.12
-    assert torch.allclose(path[1], z0[1].expand(5, 2))
+        model.interpolate(1, 1)
 
 
 @pytest.mark.parametrize("network", ["generator", "discriminator"])
 def test_nan_weight_makes_loss_non_finite(network):
     model = tiny_model()
-    opts = model.configure_optimizers(1e-3)
+    opts = optimizers_for(model)
     with torch.no_grad():
         next(getattr(model, network).parameters()).view(-1)[0] = float("nan")
-    terms = model.train_step(fake_batch(), opts)
+    terms = model.train_step(fake_batch(), opts, 0)
     assert not torch.isfinite(terms["loss"])
     with torch.no_grad():
         assert not torch.isfinite(model.loss(fake_batch())["loss"])
 
 
 def test_config_accepts_multiples_of_four_only():
-    model = tiny_model(config=GANConfig(image_size=32, latent_dim=8, g_channels=4, d_channels=4))
+    model = tiny_model(config=GANConfig(image_shape=(1, 32, 32), latent_dim=8, g_channels=4, d_channels=4))
     assert model.sample(2, torch.Generator().manual_seed(0)).shape == (2, 1, 32, 32)
-    opts = model.configure_optimizers(1e-3)
-    assert torch.isfinite(model.train_step(fake_batch(size=32), opts)["loss"])
-    with pytest.raises(ValueError, match="multiple of 4"):
-        GANConfig(image_size=30)
+    opts = optimizers_for(model)
+    assert torch.isfinite(model.train_step(fake_batch(size=32), opts, 0)["loss"])
+    with pytest.raises(ValueError, match="multiples of 4"):
+        GANConfig(image_shape=(1, 30, 30))
     with pytest.raises(ValueError, match="latent_dim"):
         GANConfig(latent_dim=0)
 
@@ -207,11 +202,11 @@ def test_short_training_on_mnist_moves_samples_towards_the_data():
     data = load_mnist("/work/shared/data")
     torch.manual_seed(0)
     model, train_config = build("gan", "quick")
-    opts = model.configure_optimizers(train_config.lr)
+    opts = optimizers_for(model, config=train_config)
     model.train()
     order = epoch_order(len(data.train), 0, 0)
     for step, x in enumerate(batches(data.train, 64, order, drop_last=True)):
-        terms = model.train_step(x, opts)
+        terms = model.train_step(x, opts, step)
         if step == 300:
             break
     assert torch.isfinite(terms["loss"])

@@ -7,15 +7,18 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+
+from model_utils import optimizers_for
+
 from genbench import models
 from genbench.models.base import build
 from genbench.models.pixelcnn import PixelCNN, PixelCNNConfig
 
 
-def tiny(**overrides) -> PixelCNN:
+def tiny(image_size: int = 8, **overrides) -> PixelCNN:
     torch.manual_seed(0)
     fields = dict(
-        image_size=8,
+        image_shape=(1, image_size, image_size),
         levels=4,
         hidden_channels=6,
         n_layers=4,
@@ -30,7 +33,7 @@ def receptive_field(config: PixelCNNConfig, i: int, j: int) -> torch.Tensor:
     """The pixels the logits at (i, j) should depend on, derived from the kernel sizes alone:
     a full rectangle of earlier rows (vertical stack, shifted down one row) and the pixels to the left
     on the current row (horizontal stack, type A then type B). Boolean (H, W)."""
-    size = config.image_size
+    size = config.image_shape[1]
     first, rest = config.first_kernel_size // 2, config.kernel_size // 2
     up = first + (config.n_layers - 1) * rest  # rows above row i-1 the vertical stack adds
     side = first + (config.n_layers - 1) * rest  # columns either side of j
@@ -102,7 +105,7 @@ def test_windowed_sampling_uses_exactly_the_full_forward_logits(dtype):
 
 def naive_sample(model: PixelCNN, n: int, generator: torch.Generator) -> torch.Tensor:
     """Reference: one full forward pass per pixel."""
-    size = model.config.image_size
+    size = model.image_shape[1]
     x = torch.zeros(n, 1, size, size, dtype=torch.uint8)
     with torch.no_grad():
         for i, j in itertools.product(range(size), range(size)):
@@ -122,7 +125,7 @@ def test_sample_dtype_range_and_seeds():
     model = tiny(levels=3).eval()
     threads = torch.get_num_threads()
     a = model.sample(5, torch.Generator().manual_seed(0))
-    assert torch.get_num_threads() == threads  # the CPU sampler's single-thread section is undone
+    assert torch.get_num_threads() == threads  # a model never changes process-wide settings
     b = model.sample(5, torch.Generator().manual_seed(0))
     c = model.sample(5, torch.Generator().manual_seed(1))
     assert a.dtype == torch.uint8 and a.shape == (5, 1, 8, 8)
@@ -134,10 +137,10 @@ def test_loss_decreases_on_a_fixed_batch():
     model = tiny(levels=8)
     x = torch.randint(0, 8, (8, 1, 8, 8), dtype=torch.uint8)
     x[:, :, ::2] = 0  # structure a causal model can learn: even rows are blank
-    opts = model.configure_optimizers(1e-2)
-    first = model.train_step(x, opts)["loss"].item()
-    for _ in range(25):
-        last = model.train_step(x, opts)["loss"].item()
+    opts = optimizers_for(model, lr=1e-2)
+    first = model.train_step(x, opts, 0)["loss"].item()
+    for step in range(25):
+        last = model.train_step(x, opts, step + 1)["loss"].item()
     assert last < 0.6 * first  # toward 32 ln 8 = 66.5 nats, the odd rows' entropy, from ~130
 
 

@@ -8,13 +8,18 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from genbench.models import get_model_class
-from genbench.models.base import TrainConfig, bits_per_dim
-from genbench.models.realnvp import Config, RealNVP, slerp, squeeze, unsqueeze
+from model_utils import optimizers_for
+
+from genbench.models.base import bits_per_dim
+from genbench.models.realnvp import Config, RealNVP, squeeze, unsqueeze
 
 
 def tiny(image_size: int, n_scales: int, **overrides) -> Config:
-    fields = dict(image_size=image_size, n_scales=n_scales, n_couplings=2, n_final_couplings=2)
+    fields = dict(
+        image_shape=(1, image_size, image_size), n_scales=n_scales, n_couplings=2, n_final_couplings=2
+    )
     fields |= dict(hidden_channels=4, n_blocks=1)
     return Config(**(fields | overrides))
 
@@ -51,7 +56,7 @@ def test_registered_with_capabilities():
 
 def test_config_rejects_indivisible_sizes():
     with pytest.raises(ValueError, match="divisible"):
-        Config(image_size=28, n_scales=4)  # 28 / 8 is not an integer
+        Config(image_shape=(1, 28, 28), n_scales=4)  # 28 / 8 is not an integer
 
 
 def test_squeeze_is_a_permutation_with_checkerboard_halves():
@@ -69,12 +74,12 @@ def test_squeeze_is_a_permutation_with_checkerboard_halves():
 @pytest.mark.parametrize("config", [tiny(8, 3), tiny(2, 1), tiny(4, 2)], ids=["8x8-3scales", "2x2", "4x4"])
 def test_inverse_of_forward_is_identity(config):
     model = randomized(config)
-    y = torch.rand(6, 1, config.image_size, config.image_size, dtype=torch.float64)
+    y = torch.rand(6, 1, config.image_shape[1], config.image_shape[2], dtype=torch.float64)
     z, _ = model(y)
-    assert z.shape == (6, config.image_size**2)
+    assert z.shape == (6, config.image_shape[1] ** 2)
     assert (model.inverse(z) - y).abs().max() < 1e-10
     # And the other way round for the coupling stack (a random model's logits may saturate the sigmoid).
-    z = torch.randn(6, config.image_size**2, dtype=torch.float64)
+    z = torch.randn(6, config.image_shape[1] ** 2, dtype=torch.float64)
     assert (model.flow(model.flow_inverse(z))[0] - z).abs().max() < 1e-8
 
 
@@ -217,23 +222,27 @@ def test_sample_shapes_dtype_and_seeds():
     c = model.sample(5, torch.Generator().manual_seed(1))
     assert a.dtype == torch.uint8 and a.shape == (5, 1, 8, 8)
     assert torch.equal(a, b) and not torch.equal(a, c)
-    frames = model.latent_interpolation(3, 4, torch.Generator().manual_seed(0))
+    frames = model.interpolate(3, 4, torch.Generator().manual_seed(0))
     assert frames.dtype == torch.uint8 and frames.shape == (3, 4, 1, 8, 8)
 
 
-def test_slerp_endpoints_and_norm():
-    z0, z1 = torch.randn(4, 64, dtype=torch.float64), torch.randn(4, 64, dtype=torch.float64)
-    z1 = z1 / z1.norm(dim=1, keepdim=True) * z0.norm(dim=1, keepdim=True)  # equal norms
-    path = slerp(z0, z1, torch.linspace(0, 1, 5, dtype=torch.float64))  # (4, 5, 64)
-    assert torch.allclose(path[:, 0], z0) and torch.allclose(path[:, -1], z1)
-    assert torch.allclose(path.norm(dim=2), z0.norm(dim=1, keepdim=True).expand(4, 5))
+def test_three_channel_shape_is_the_configs():
+    """image_shape is the one source of D: three channels reach every method and the bits/dim."""
+    model = randomized(Config(image_shape=(3, 8, 8), n_scales=2, n_couplings=1, n_final_couplings=1,
+                              hidden_channels=4, n_blocks=1)).float()  # fmt: skip
+    assert model.image_shape == (3, 8, 8) and model.dims == 192
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    assert model.sample(2, torch.Generator().manual_seed(0)).shape == (2, 3, 8, 8)
+    assert model.reconstruct(x).shape == (2, 3, 8, 8)
+    terms = model.loss(x)
+    assert torch.allclose(terms["bpd"], terms["loss"] / (192 * math.log(2)))
 
 
 def test_loss_decreases_on_a_tiny_batch():
     torch.manual_seed(0)
     model = RealNVP(tiny(8, 2, hidden_channels=8))
-    opt = model.configure_optimizers(TrainConfig(lr=1e-2).lr)
+    opt = optimizers_for(model, lr=1e-2)
     x = images(32, 8)
-    losses = [model.train_step(x, opt)["loss"].item() for _ in range(25)]
+    losses = [model.train_step(x, opt, step)["loss"].item() for step in range(25)]
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.3 * 64  # at least 0.3 nats per pixel

@@ -4,8 +4,12 @@ import dataclasses
 
 import pytest
 import torch
+
 from genbench import models
-from genbench.bench.train import NonFiniteLoss, RunOptions, load_checkpoint, prepare_model, train, validate
+from genbench.bench.checkpoint import load_checkpoint
+from genbench.bench.device import prepare_model
+from genbench.bench.optim import EMA, lr_factor
+from genbench.bench.train import NonFiniteLoss, RunOptions, Trainer, validate
 from genbench.core.errors import UserError
 
 CPU = RunOptions(device=torch.device("cpu"), progress=False, warmup_steps=1)
@@ -18,9 +22,9 @@ def _run(fake_data, tmp_path, cfg=None, options=CPU, resume=None, name="vae", ch
         smoke, max_steps=12, batch_size=16, checkpoint_every=4, log_every=2, val_images=32
     )
     identity = {"model": name, "seed": 0}
-    prepare_model(model, options)
+    prepare_model(model, options.device, options.compile)
     ckpt = load_checkpoint(tmp_path / checkpoint, identity) if resume else None
-    state, summary = train(model, fake_data, cfg, 0, options, tmp_path / checkpoint, identity, resume=ckpt)
+    state, summary = Trainer(model, fake_data, cfg, 0, options, tmp_path / checkpoint, identity).run(ckpt)
     return model, state, summary
 
 
@@ -49,8 +53,8 @@ def test_resume_is_bit_identical(fake_data, tmp_path, monkeypatch):
 
     original = genbench.bench.train.save_checkpoint
 
-    def save_then_die(path, model, optimizers, state, identity):
-        original(path, model, optimizers, state, identity)
+    def save_then_die(path, model, optimizers, ema, state, identity, device):
+        original(path, model, optimizers, ema, state, identity, device)
         if state.step == 8:
             raise Killed
 
@@ -117,3 +121,79 @@ def test_compile_path_runs_on_cpu(fake_data, tmp_path):
     )
     model, state, _ = _run(fake_data, tmp_path, cfg, options=options)
     assert state.step == 4
+
+
+def test_learning_rate_warms_up_then_follows_the_schedule():
+    cfg = models.build("vae", "smoke")[1]
+    cosine = dataclasses.replace(cfg, schedule="cosine", warmup_steps=4)
+    assert [lr_factor(cosine, s, 104) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(cosine, 54, 104) == pytest.approx(0.5)  # half way through the decay
+    assert lr_factor(cosine, 104, 104) == pytest.approx(0.0)
+    assert lr_factor(dataclasses.replace(cfg, warmup_steps=2), 50, 104) == 1.0  # constant after warm-up
+
+
+def test_loop_applies_schedule_clipping_and_records_them(fake_data, tmp_path):
+    base = models.build("vae", "smoke")[1]
+    cfg = dataclasses.replace(
+        base, max_steps=8, batch_size=16, checkpoint_every=8, log_every=1, val_images=16,
+        schedule="cosine", warmup_steps=4, grad_clip=0.5,
+    )  # fmt: skip
+    _, state, _ = _run(fake_data, tmp_path, cfg)
+    rows = [r for r in state.history if r["split"] == "train"]
+    assert [r["lr"] for r in rows[:4]] == pytest.approx([cfg.lr * f for f in (0.25, 0.5, 0.75, 1.0)])
+    assert rows[-1]["lr"] < rows[3]["lr"]
+    assert all("grad_norm_main" in r and r["grad_norm_main"] > 0 for r in rows)
+
+
+def test_ema_weights_are_what_the_run_ends_with(fake_data, tmp_path):
+    base = models.build("vae", "smoke")[1]
+    cfg = dataclasses.replace(
+        base, max_steps=6, batch_size=16, checkpoint_every=3, log_every=3, val_images=16, ema_decay=0.5
+    )
+    model, state, _ = _run(fake_data, tmp_path, cfg)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["ema"]["updates"] == 6
+    for key, value in model.state_dict().items():  # evaluation sees the averaged weights
+        assert torch.equal(value, ckpt["ema"]["shadow"][key]), key
+    own = ckpt["model"]
+    assert any(not torch.equal(own[k], ckpt["ema"]["shadow"][k]) for k in own if own[k].is_floating_point())
+
+
+def test_ema_average_matches_its_definition():
+    layer = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(0.0)
+    ema = EMA(layer, decay=0.9)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    ema.update(layer)  # warm-up decay min(0.9, 2/11)
+    assert float(ema.shadow["weight"]) == pytest.approx(1 - 2 / 11)
+    with ema.applied(layer):
+        assert float(layer.weight.detach()) == pytest.approx(1 - 2 / 11)
+    assert float(layer.weight.detach()) == 1.0
+
+
+def test_a_finished_run_resumes_straight_to_evaluation(fake_data, tmp_path, monkeypatch):
+    """The final checkpoint says training is complete: resuming it trains nothing more and keeps
+    the throughput measured when it trained."""
+    _, state, summary = _run(fake_data, tmp_path)
+    assert state.finished
+    calls = []
+    monkeypatch.setattr(Trainer, "_step", lambda self, x: calls.append(1))
+    _, again, resumed = _run(fake_data, tmp_path, resume=True)
+    assert not calls and again.step == state.step
+    assert resumed["train_images_per_s"] == summary["train_images_per_s"]
+    assert resumed["peak_memory_mb"] == summary["peak_memory_mb"]
+
+
+def test_checkpoint_is_written_before_the_final_validation(fake_data, tmp_path, monkeypatch):
+    seen = {}
+
+    def spy(self):
+        seen["step"] = torch.load(tmp_path / "last.pt", weights_only=True)["state"]["step"]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_validate", spy)
+    with pytest.raises(KeyboardInterrupt):
+        _run(fake_data, tmp_path)
+    assert seen["step"] == 12  # the training done so far is safe when validation starts

@@ -1,0 +1,120 @@
+"""Checkpoints: everything needed to continue a run exactly where it stopped, read back safely.
+
+A checkpoint holds the model, the optimizers, the EMA weights, the loop's state (step, epoch,
+position in the epoch, history, timing) and the RNG states of the CPU and of the training device
+only (a run resumed on a machine with fewer GPUs must still load it). It is written through the
+suite's atomic writer and read with ``weights_only=True``, so loading it cannot run code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genbench.core.errors import UserError
+from genbench.core.files import save_torch
+
+CHECKPOINT_FORMAT = "genbench-checkpoint-v2"
+
+
+@dataclasses.dataclass
+class LoopState:
+    """The loop's position and bookkeeping; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of ``epoch`` already done
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    timed_images: int = 0  # images and seconds after warm-up, for the throughput figure
+    timed_seconds: float = 0.0
+    timed_steps: int = 0
+    wall_time_s: float = 0.0
+    validated_epoch: int = -1  # last epoch whose end-of-epoch validation ran
+    peak_memory_mb: float | None = None  # the highest peak of any session that trained
+    finished: bool = False  # training complete: a resume goes straight to evaluation
+
+
+def _device_rng(device: torch.device) -> torch.Tensor | None:
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    return None
+
+
+def save_checkpoint(
+    path: Path, model, optimizers, ema, state: LoopState, identity: dict, device: torch.device
+) -> None:
+    save_torch(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "identity": identity,
+            "model": model.state_dict(),
+            "optimizers": optimizers.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "state": dataclasses.asdict(state),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_device": _device_rng(device),
+        },
+    )
+
+
+def load_checkpoint(path: Path, identity: dict) -> dict:
+    """Read a checkpoint safely (weights_only) and check it belongs to this run."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(
+            f"no checkpoint at {path}: the run stopped before its first checkpoint; start it again"
+        ) from None
+    except Exception as exc:
+        raise UserError(
+            f"checkpoint {path} is truncated or not a genbench checkpoint ({type(exc).__name__}); "
+            "delete it and start the run again"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(
+            f"checkpoint {path} is not a {CHECKPOINT_FORMAT} checkpoint (an older genbench wrote it?); "
+            "start the run again"
+        )
+    if ckpt.get("identity") != identity:
+        theirs = ckpt.get("identity") or {}
+        diff = sorted(k for k in set(identity) | set(theirs) if identity.get(k) != theirs.get(k))
+        raise UserError(
+            f"checkpoint {path} belongs to a different run (differs in {', '.join(diff)}); "
+            "resume with the run's own config"
+        )
+    return ckpt
+
+
+def restore(ckpt: dict, model, optimizers, ema, device: torch.device) -> LoopState:
+    """Load a checkpoint's states into a model already on ``device`` and its optimizers."""
+    model.load_state_dict(ckpt["model"])
+    optimizers.load_state_dict(ckpt["optimizers"])
+    if ema is not None and ckpt.get("ema") is not None:
+        ema.load_state_dict(ckpt["ema"])
+    torch.set_rng_state(ckpt["rng_cpu"])
+    if ckpt.get("rng_device") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(ckpt["rng_device"], device)
+    return LoopState(**ckpt["state"])
+
+
+def load_weights(path: Path, model, prefer_ema: bool = True) -> dict[str, Any]:
+    """Load a run's checkpoint weights into ``model`` for evaluation or sampling, without checking
+    the run identity: the EMA weights where the run kept them (what it was evaluated with).
+    Returns the checkpoint's loop state."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"no checkpoint at {path}: the run has not written one yet") from None
+    except Exception as exc:
+        raise UserError(
+            f"checkpoint {path} is truncated or not a genbench checkpoint ({type(exc).__name__})"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"checkpoint {path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    ema = ckpt.get("ema")
+    model.load_state_dict(ema["shadow"] if prefer_ema and ema is not None else ckpt["model"])
+    return ckpt["state"]

@@ -1,0 +1,59 @@
+"""Devices and precision: choosing the device, autocast, and preparing a model for it."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from genbench.core.errors import UserError
+from genbench.models.base import GenerativeModel
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """ "auto" picks cuda, then mps, then cpu; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available here; use --device cpu or auto")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """ "auto" is bf16 on CUDA, fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be auto or one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for the network's matmuls and convolutions; models keep likelihood sums in fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def prepare_model(model: GenerativeModel, device: torch.device, compile: bool = False) -> GenerativeModel:
+    """Move to the device; channels_last and torch.compile where asked (compiles each submodule in
+    place, so state_dict keys and the model's own methods stay as they are)."""
+    model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model.to(memory_format=torch.channels_last)
+    if compile:
+        for child in model.children():
+            child.compile()
+    return model
