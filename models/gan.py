@@ -182,23 +182,34 @@ class GAN(GenerativeModel):
 
     def train_step(self, x: Tensor, optim: Optimization, step: int) -> dict[str, Tensor]:
         """A discriminator step on detached fakes, then a generator step through the updated D."""
-        real = to_output_range(x, self.levels)  # (B, C, H, W) in [-1, 1]
         fake = self.generator(self._prior(len(x)))  # (B, C, H, W), one forward shared by both steps
 
         # Discriminator: fakes are detached so D's loss leaves G's gradients empty.
-        real_logits = self.discriminator(real)  # (B,)
-        fake_logits = self.discriminator(fake.detach())  # (B,)
-        loss_d = d_loss(real_logits, fake_logits)
+        loss_d, real_logits, fake_logits = self._discriminator_loss(x, fake.detach())
         optim.step("d", loss_d)
 
         # Generator: D's parameters are frozen so the backward pass writes no gradient into them.
         self.discriminator.requires_grad_(False)
         try:
-            loss_g = g_loss(self.discriminator(fake))
+            loss_g = self._generator_loss(fake)
             optim.step("g", loss_g)
         finally:
             self.discriminator.requires_grad_(True)
         return {k: v.detach() for k, v in self._terms(loss_d, loss_g, real_logits, fake_logits).items()}
+
+    def _discriminator_loss(self, x: Tensor, fake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        real_logits = self.discriminator(to_output_range(x, self.levels))  # (B,) on [-1, 1] images
+        fake_logits = self.discriminator(fake)  # (B,)
+        return d_loss(real_logits, fake_logits), real_logits, fake_logits
+
+    def _generator_loss(self, fake: Tensor) -> Tensor:
+        return g_loss(self.discriminator(fake))
+
+    def compile_step(self, **options) -> None:
+        """Three graphs, each back-propagated once per step: G's forward, D's loss, G's loss."""
+        self.generator.compile(**options)
+        self._discriminator_loss = torch.compile(self._discriminator_loss, **options)
+        self._generator_loss = torch.compile(self._generator_loss, **options)
 
     @staticmethod
     def _terms(loss_d: Tensor, loss_g: Tensor, real_logits: Tensor, fake_logits: Tensor) -> dict[str, Tensor]:

@@ -430,6 +430,18 @@ class RealNVP(GenerativeModel):
         nll = -self.log_prob(x).mean()
         return {"loss": nll, "bpd": bits_per_dim(nll, self.dims)}
 
+    def compile_step(self, **options) -> None:
+        """One graph for the training objective. The act norms' data-dependent initialization reads
+        a flag on the host, so the first step runs eagerly and every later one compiled."""
+        eager, compiled = self.training_loss, torch.compile(self.training_loss, **options)
+        norms = [m for m in self.modules() if isinstance(m, ActNorm)]
+
+        def training_loss(x: Tensor, step: int) -> dict[str, Tensor]:
+            ready = all(norm._known_initialized for norm in norms)
+            return compiled(x, step) if ready else eager(x, step)
+
+        self.training_loss = training_loss
+
     def decode_latents(self, z: Tensor) -> Tensor:
         """Latents (B, D) -> uint8 images (B, C, H, W): floor(y * levels), clamped to 0..levels-1."""
         y = self.inverse(z)

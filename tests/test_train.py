@@ -197,3 +197,28 @@ def test_checkpoint_is_written_before_the_final_validation(fake_data, tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         _run(fake_data, tmp_path)
     assert seen["step"] == 12  # the training done so far is safe when validation starts
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_compile_turns_each_training_step_into_whole_graphs(name, fake_data):
+    """--compile compiles what train_step calls, once, with no graph break: whole graphs (one per
+    family; the GAN's generator, D's loss and G's loss) that later steps reuse without recompiling.
+    Counted with dynamo's eager backend, which traces what inductor would compile, without codegen."""
+    from torch._dynamo.utils import counters
+    from model_utils import optimizers_for
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model, cfg = models.build(name, "smoke")
+    prepare_model(model, torch.device("cpu"), compile=True, compile_backend="eager")
+    optimizers = optimizers_for(model, config=cfg)
+    x = fake_data.train[: min(cfg.batch_size, 16)]
+    model.train()
+    for step in range(3):
+        model.train_step(x, optimizers, step)
+    graphs = counters["stats"]["unique_graphs"]
+    for step in range(3, 6):
+        model.train_step(x, optimizers, step)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert 1 <= graphs <= 3 and counters["stats"]["unique_graphs"] == graphs
