@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from genbench.core.distributed import derive_seed, map_batches, world_size
 from genbench.core.schema import Output, Value
 
 NEEDS = ("samples", "likelihood", "importance_weighted", "reconstruct")
@@ -33,7 +34,15 @@ class EvalConfig:
     iwae_images: int | None = None  # the first this many of the same test subset; None = n_test
     n_samples: int = 10_000  # generated samples for sample-quality metrics
     batch_size: int = 256
-    feature_networks: tuple[str, ...] = ("mnist", "inception")
+    # Samples drawn per model.sample call on CUDA; None (and every other device): batch_size. A
+    # launch-bound sampler takes as long per call whatever the batch (PixelCNN: ~150 kernels per
+    # pixel, ~1.9 s per 784-pixel sweep), so a GPU wants few, large calls; a CPU gains nothing and
+    # pays the memory (PixelCNN's caches: ~5.6 MB per image at the full size). A seeded sampler's
+    # images depend on its batches, as they do on the device: values record the batch they used.
+    cuda_sample_batch_size: int | None = None
+    # Feature networks for sample quality; None: the dataset's defaults for the profile (bench.data),
+    # resolved by bench.run.plan before a run starts and recorded in config.json.
+    feature_networks: tuple[str, ...] | None = None
     subset_seed: int = 0  # the seeded random test subset (the same for every model and metric)
     allow_few_samples: bool = False  # FID with fewer samples than feature dimensions
     inception_weights: str | None = None  # torch-fidelity's Inception weights file; None: found locally
@@ -46,14 +55,23 @@ class EvalConfig:
         for name in ("iwae_k", "n_samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.cuda_sample_batch_size is not None and self.cuda_sample_batch_size < 1:
+            raise ValueError(f"cuda_sample_batch_size must be at least 1, got {self.cuda_sample_batch_size}")
+
+    def sample_batch_size(self, device: torch.device) -> int:
+        """Samples per model.sample call on ``device`` (see cuda_sample_batch_size)."""
+        if torch.device(device).type == "cuda" and self.cuda_sample_batch_size is not None:
+            return self.cuda_sample_batch_size
+        return self.batch_size
 
 
 EVAL_PROFILES: dict[str, EvalConfig] = {
-    "smoke": EvalConfig(n_test=256, iwae_k=8, iwae_images=64, n_samples=256, feature_networks=("mnist",)),
-    "quick": EvalConfig(
-        n_test=2000, iwae_k=100, iwae_images=500, n_samples=1000, feature_networks=("mnist",)
+    "smoke": EvalConfig(n_test=256, iwae_k=8, iwae_images=64, n_samples=256),
+    "quick": EvalConfig(n_test=2000, iwae_k=100, iwae_images=500, n_samples=1000),
+    # 5 sampling calls on a GPU instead of 40 (PixelCNN: ~11 GB of caches at the full size)
+    "full": EvalConfig(
+        n_test=None, iwae_k=1000, iwae_images=1000, n_samples=10_000, cuda_sample_batch_size=2000
     ),
-    "full": EvalConfig(n_test=None, iwae_k=1000, iwae_images=1000, n_samples=10_000),
 }
 
 
@@ -72,6 +90,28 @@ def describe_subset(total: int, n: int | None, seed: int) -> str:
     )
 
 
+def sample_batch(
+    model: Any, index: int, size: int, seed: int, mode: str | None, device: torch.device
+) -> Tensor:
+    """Batch ``index`` of a model's samples, uint8 (size, C, H, W) on the CPU, from a generator seeded
+    by (seed, index): any batch can be drawn alone (on any rank, by `bench sample`) and is the same."""
+    generator = torch.Generator(device=device).manual_seed(derive_seed("samples", seed, index))
+    with torch.inference_mode():
+        return model.sample(size, generator=generator, mode=mode).cpu()
+
+
+def _timed(drawn: list[tuple[Tensor, float]], ranks: int) -> tuple[int, float]:
+    """(images, seconds) of sampling batches drawn by ``ranks`` ranks in parallel (batch i by rank
+    i mod ranks): each rank's first batch is its warm-up (allocator, kernels, lazy caches) and is
+    excluded where it drew several; the ranks' images add up over the slowest rank's time."""
+    images, seconds = 0, 0.0
+    for r in range(ranks):
+        mine = drawn[r::ranks][1:] or drawn[r::ranks][:1]
+        images += sum(len(batch) for batch, _ in mine)
+        seconds = max(seconds, sum(t for _, t in mine))
+    return images, seconds
+
+
 @dataclasses.dataclass
 class EvalContext:
     """What a metric may read. Samples are generated once per sample mode, lazily, and shared by
@@ -87,7 +127,9 @@ class EvalContext:
     train_summary: dict[str, Any] = dataclasses.field(default_factory=dict)  # from bench.train
     mode: str | None = None  # the sample mode metrics see now; None: the model's default
     _samples: dict[str | None, Tensor] = dataclasses.field(default_factory=dict)
-    sampling_seconds: dict[str | None, float] = dataclasses.field(default_factory=dict)
+    # Per mode: (images timed, seconds). The first batch is the warm-up (allocator, kernels, lazy
+    # caches) and is excluded when there are several; a single batch is timed as it is.
+    sampling_timed: dict[str | None, tuple[int, float]] = dataclasses.field(default_factory=dict)
 
     def test_images(self, n: int | None = None) -> Tensor:
         """The first n images (default: config.n_test) of the fixed random test subset: every model
@@ -100,31 +142,38 @@ class EvalContext:
         self, fn: Callable[[Tensor], Tensor], images: Tensor, batch_size: int | None = None
     ) -> Tensor:
         """fn over batches of images (moved to the device) under inference mode; results concatenated
-        in float64 on the CPU so long sums do not lose precision."""
+        in float64 on the CPU so long sums do not lose precision. Batch i draws its noise
+        (dequantization, posterior samples) from (seed, i): under torchrun the batches are split
+        across ranks and gathered, and every per-image value is a single process's."""
         size = batch_size or self.config.batch_size
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(images), size):
-                out.append(fn(images[start : start + size].to(self.device)).double().cpu())
-        return torch.cat(out)
+
+        def batch(index: int, start: int, stop: int) -> Tensor:
+            torch.manual_seed(derive_seed("per_image", self.seed, index))
+            with torch.inference_mode():
+                return fn(images[start:stop].to(self.device)).double().cpu()
+
+        return torch.cat(map_batches(batch, len(images), size))
 
     def samples(self) -> Tensor:
         """config.n_samples generated uint8 images (CPU) of the current sample mode, timed; the
-        same for every metric. Each mode starts from the run's seed."""
+        same for every metric and mode (``sample_batch``). Under torchrun the batches are split
+        across ranks and gathered: the same images, drawn N times faster."""
         if self.mode not in self._samples:
-            generator = torch.Generator(device=self.device).manual_seed(self.seed)
-            chunks, start = [], time.perf_counter()
-            with torch.inference_mode():
-                remaining = self.config.n_samples
-                while remaining > 0:
-                    n = min(self.config.batch_size, remaining)
-                    chunks.append(self.model.sample(n, generator=generator, mode=self.mode))
-                    remaining -= n
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-            self.sampling_seconds[self.mode] = time.perf_counter() - start
-            self._samples[self.mode] = torch.cat(chunks).cpu()
+
+            def batch(index: int, start: int, stop: int) -> tuple[Tensor, float]:
+                begin = self._synchronized_clock()
+                images = sample_batch(self.model, index, stop - start, self.seed, self.mode, self.device)
+                return images, self._synchronized_clock() - begin
+
+            drawn = map_batches(batch, self.config.n_samples, self.config.sample_batch_size(self.device))
+            self._samples[self.mode] = torch.cat([images for images, _ in drawn])
+            self.sampling_timed[self.mode] = _timed(drawn, world_size())
         return self._samples[self.mode]
+
+    def _synchronized_clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
 
 @dataclasses.dataclass(frozen=True)

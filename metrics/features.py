@@ -1,16 +1,22 @@
-"""The `mnist` feature network: a small CNN classifier trained on MNIST by this project.
+"""Feature networks trained by this project: one small CNN classifier per dataset that has one.
 
-Inception was trained on ImageNet and scores digits poorly; field practice for MNIST is a digit
-classifier. Its penultimate layer (128 features, the input of the last linear layer) feeds FID,
-KID and precision/recall, its 10 logits feed IS. The weights are committed beside this file with
-their SHA-256, and `train_classifier` re-creates them (`bench train-classifier`).
+Inception was trained on ImageNet and scores digits and clothes poorly; field practice for MNIST-like
+data is a classifier trained on the dataset itself. Its penultimate layer (128 features, the input of
+the last linear layer) feeds FID, KID and precision/recall, its 10 logits feed IS. Each network is
+named by its dataset (``mnist``, ``fashion-mnist``); binarized MNIST is scored by the ``mnist``
+network on its 0/255 images. The weights are committed beside this file with their SHA-256, and
+``train_classifier`` re-creates them (``bench train-classifier --dataset NAME``).
 
-torch-fidelity sees the network as the feature extractor "genbench-mnist", registered on import.
+The networks train without translation augmentation: real digits are centred, so a network that
+had learned to ignore where a digit sits would let a generator place digits badly at no cost in FID.
+
+torch-fidelity sees network NAME as the feature extractor "genbench-NAME", registered on import.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from pathlib import Path
 
@@ -24,20 +30,69 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from genbench.core.errors import UserError
 from genbench.core.files import file_sha256, save_torch, write_text
 
-EXTRACTOR_NAME = "genbench-mnist"
 FEATURE_DIM = 128
 FEATURE_LAYER = str(FEATURE_DIM)  # torch-fidelity names feature layers by strings
 LOGITS_LAYER = "logits"
+N_CLASSES = 10
+INPUT_SIZE = 28
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-WEIGHTS_PATH = WEIGHTS_DIR / "mnist_classifier.pt"
-EPOCHS = 4  # on the 55k training split; see TRAINED_ACCURACY
-# MNIST test accuracy of the committed weights (train_classifier defaults: seed 0, EPOCHS; CPU, 1 thread).
-TRAINED_ACCURACY = 0.9951
-RETRAIN_HINT = "re-create them with `bench train-classifier`"
 
 
-class MnistClassifier(nn.Module):
-    """Three conv blocks (28 -> 14 -> 7 -> 3) and a 128-unit penultimate layer.
+@dataclasses.dataclass(frozen=True)
+class ClassifierSpec:
+    """A committed feature network: the dataset it is trained on (its name) and how."""
+
+    name: str  # the feature network's name, the metric-key suffix, and the dataset it learns
+    epochs: int  # on the 55k training split
+    # Test accuracy of the committed weights (train_classifier defaults: seed 0, these epochs; CPU,
+    # one thread), checked by a slow test.
+    trained_accuracy: float
+
+    @property
+    def weights_path(self) -> Path:
+        return WEIGHTS_DIR / f"{self.name}_classifier.pt"
+
+    @property
+    def extractor(self) -> str:
+        return f"genbench-{self.name}"
+
+    @property
+    def retrain_hint(self) -> str:
+        return f"re-create them with `bench train-classifier --dataset {self.name}`"
+
+
+CLASSIFIERS: dict[str, ClassifierSpec] = {
+    spec.name: spec
+    for spec in (
+        ClassifierSpec("mnist", epochs=6, trained_accuracy=0.9950),
+        ClassifierSpec("fashion-mnist", epochs=6, trained_accuracy=0.9291),
+    )
+}
+MNIST = CLASSIFIERS["mnist"]
+EXTRACTOR_NAME = MNIST.extractor
+WEIGHTS_PATH = MNIST.weights_path
+EPOCHS = MNIST.epochs
+RETRAIN_HINT = "re-create them with `bench train-classifier --dataset NAME`"
+
+
+def get_classifier_spec(name: str) -> ClassifierSpec:
+    if name not in CLASSIFIERS:
+        raise UserError(
+            f"no classifier feature network for {name!r}; those trained here: {', '.join(CLASSIFIERS)}"
+        )
+    return CLASSIFIERS[name]
+
+
+def _hint(weights_path: str | os.PathLike) -> str:
+    """How to re-create the weights at this path (the committed file of a known network, or any)."""
+    for spec in CLASSIFIERS.values():
+        if Path(weights_path).name == spec.weights_path.name:
+            return spec.retrain_hint
+    return RETRAIN_HINT
+
+
+class Classifier(nn.Module):
+    """Three conv blocks (28 -> 14 -> 7 -> 3) and a 128-unit penultimate layer, for 1x28x28 images.
 
     Batch norm makes training fast and stable; dropout before the last layer spreads the class
     information over many of the 128 features instead of a few."""
@@ -60,7 +115,7 @@ class MnistClassifier(nn.Module):
             nn.ReLU(),
         )
         self.dropout = nn.Dropout(0.3)
-        self.head = nn.Linear(FEATURE_DIM, 10)
+        self.head = nn.Linear(FEATURE_DIM, N_CLASSES)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x: float (B, 1, 28, 28) in [0, 1]. Returns (features (B, 128), logits (B, 10))."""
@@ -69,10 +124,12 @@ class MnistClassifier(nn.Module):
 
 
 def to_grey_unit(x: Tensor) -> Tensor:
-    """uint8 (B, C, H, W), C = 1 or 3 -> float grey (B, 1, 28, 28) in [0, 1]."""
+    """uint8 (B, C, H, W) 0..255, C = 1 or 3 -> float grey (B, 1, 28, 28) in [0, 1]."""
     x = x.float().mean(dim=1, keepdim=True) / 255.0  # (B, 1, H, W)
-    if x.shape[-2:] != (28, 28):
-        x = F.interpolate(x, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
+    if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+        x = F.interpolate(
+            x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True, align_corners=False
+        )
     return x
 
 
@@ -85,7 +142,7 @@ def sha256_path(weights_path: str | os.PathLike) -> Path:
     return Path(weights_path).with_suffix(".sha256")
 
 
-def save_weights(model: MnistClassifier, path: str | os.PathLike) -> str:
+def save_weights(model: Classifier, path: str | os.PathLike) -> str:
     """torch.save the state dict atomically and write `<sha256>  <name>` beside it (sha256sum format)."""
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -98,7 +155,7 @@ def save_weights(model: MnistClassifier, path: str | os.PathLike) -> str:
 def expected_sha256(weights_path: str | os.PathLike) -> str:
     checksum_file = sha256_path(weights_path)
     if not checksum_file.is_file():
-        raise UserError(f"feature network checksum file missing: {checksum_file}; {RETRAIN_HINT}")
+        raise UserError(f"feature network checksum file missing: {checksum_file}; {_hint(weights_path)}")
     return checksum_file.read_text().split()[0].lower()
 
 
@@ -106,22 +163,22 @@ def verified_sha256(weights_path: str | os.PathLike) -> str:
     """The SHA-256 of the weights file, after checking it against the committed .sha256 beside it."""
     path = Path(weights_path)
     if not path.is_file():
-        raise UserError(f"feature network weights missing: {path}; {RETRAIN_HINT}")
+        raise UserError(f"feature network weights missing: {path}; {_hint(path)}")
     actual, expected = file_sha256(path), expected_sha256(path)
     if actual != expected:
         raise UserError(
             f"feature network weights {path} checksum mismatch (sha256 {actual[:12]}..., expected "
-            f"{expected[:12]}...); {RETRAIN_HINT}"
+            f"{expected[:12]}...); {_hint(path)}"
         )
     return actual
 
 
 def load_classifier(
     weights_path: str | os.PathLike = WEIGHTS_PATH, device: str | torch.device = "cpu"
-) -> MnistClassifier:
+) -> Classifier:
     """The classifier in eval mode, its weights checked against their committed SHA-256."""
     verified_sha256(weights_path)
-    model = MnistClassifier()
+    model = Classifier()
     model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     return model.to(device).eval().requires_grad_(False)
 
@@ -130,22 +187,9 @@ def load_classifier(
 # Training
 
 
-def _random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
-    """Translate each image by up to max_shift pixels (zero fill): the light augmentation that lets
-    a small CNN pass 99.3% in a few epochs. x: (B, 1, 28, 28)."""
-    b, _, h, w = x.shape
-    padded = F.pad(x, (max_shift,) * 4)  # (B, 1, H + 2s, W + 2s)
-    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, b, 1), generator=generator).to(x.device)  # (B, 1) each
-    rows = (dy + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
-    cols = (dx + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
-    return padded[torch.arange(b, device=x.device)[:, None, None], 0, rows, cols].unsqueeze(1)  # (B, 1, H, W)
-
-
 @torch.no_grad()
-def classifier_accuracy(
-    model: MnistClassifier, images: Tensor, labels: Tensor, batch_size: int = 1000
-) -> float:
-    """Top-1 accuracy on uint8 images (N, 1, 28, 28)."""
+def classifier_accuracy(model: Classifier, images: Tensor, labels: Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy on uint8 images (N, 1, 28, 28) 0..255."""
     device = next(model.parameters()).device
     model.eval()
     correct = 0
@@ -176,15 +220,16 @@ def train_classifier(
     device: str | torch.device = "cpu",
     log=print,
 ) -> float:
-    """Train the `mnist` feature network on data.train (the 55k split of bench.data.load_mnist),
-    save it to out_path with its .sha256 beside, and return its MNIST test accuracy.
+    """Train a feature network on data.train (the 55k split of bench.data.load_dataset; 8-bit
+    images), save it to out_path with its .sha256 beside, and return its test accuracy.
 
-    Deterministic for a given seed, device and thread count: seeded initialization, data order,
-    augmentation and dropout, and deterministic kernels. AdamW with a one-cycle schedule."""
+    No augmentation (see the module docstring). Deterministic for a given seed, device and thread
+    count: seeded initialization, data order and dropout, and deterministic kernels. AdamW with a
+    one-cycle schedule."""
     device = torch.device(device)
     torch.manual_seed(seed)  # initialization and dropout
-    generator = torch.Generator().manual_seed(seed)  # data order and augmentation
-    model = MnistClassifier().to(device)
+    generator = torch.Generator().manual_seed(seed)  # data order
+    model = Classifier().to(device)
     train_x, train_y = data.train.to(device), data.train_labels.to(device)
     steps_per_epoch = len(train_x) // batch_size
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
@@ -196,8 +241,7 @@ def train_classifier(
             total = 0.0
             for step in range(steps_per_epoch):
                 idx = order[step * batch_size : (step + 1) * batch_size]
-                x = _random_shift(to_grey_unit(train_x[idx]), 2, generator)  # (B, 1, 28, 28)
-                _, logits = model(x)
+                _, logits = model(to_grey_unit(train_x[idx]))  # (B, 10)
                 loss = F.cross_entropy(logits, train_y[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -216,16 +260,17 @@ def train_classifier(
 # torch-fidelity feature extractor
 
 
-class MnistFeatureExtractor(FeatureExtractorBase):
-    """torch-fidelity's view of the classifier: uint8 (B, 3, H, W) in, ('128', 'logits') out.
+class ClassifierFeatureExtractor(FeatureExtractorBase):
+    """torch-fidelity's view of a classifier: uint8 (B, 3, H, W) 0..255 in, ('128', 'logits') out.
 
-    torch-fidelity constructs it with all of calculate_metrics' keyword arguments;
-    feature_extractor_weights_path selects weights other than the committed ones (their .sha256
-    must lie beside them)."""
+    torch-fidelity constructs it with its registry name ("genbench-NAME") and all of
+    calculate_metrics' keyword arguments; feature_extractor_weights_path selects weights other
+    than the committed ones (their .sha256 must lie beside them)."""
 
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
-        self.net = load_classifier(feature_extractor_weights_path or WEIGHTS_PATH)
+        spec = next((s for s in CLASSIFIERS.values() if s.extractor == name), MNIST)
+        self.net = load_classifier(feature_extractor_weights_path or spec.weights_path)
 
     @staticmethod
     def get_provided_features_list():
@@ -241,7 +286,7 @@ class MnistFeatureExtractor(FeatureExtractorBase):
 
     @staticmethod
     def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
+        return torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, dtype=torch.uint8)
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
@@ -251,5 +296,6 @@ class MnistFeatureExtractor(FeatureExtractorBase):
         return tuple(out[name].float() for name in self.features_list)
 
 
-if EXTRACTOR_NAME not in FEATURE_EXTRACTORS_REGISTRY:  # the registry refuses a second registration
-    register_feature_extractor(EXTRACTOR_NAME, MnistFeatureExtractor)
+for _spec in CLASSIFIERS.values():
+    if _spec.extractor not in FEATURE_EXTRACTORS_REGISTRY:  # the registry refuses a second registration
+        register_feature_extractor(_spec.extractor, ClassifierFeatureExtractor)

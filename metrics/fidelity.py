@@ -1,11 +1,13 @@
 """Sample quality through torch-fidelity: FID, KID, precision/recall and IS, per feature network.
 
-Every number comes from torch_fidelity.calculate_metrics; this module only chooses the inputs,
-the feature network and the protocol, and states them beside each value. Generated samples are
+Every number is torch-fidelity's: its feature extraction and its metric functions, with the
+settings torch_fidelity.calculate_metrics would use (tests/test_reliability_cache.py checks they
+agree); this module only chooses the inputs, the feature network and the protocol, and states them
+beside each value. Generated samples are
 compared with N test images (N = the number of samples, at most the whole test set): the first N of
 a fixed, seeded permutation of the test set, the same subset for every model. The real split's
-features and FID statistics are cached by torch-fidelity under the evaluation's cache folder, keyed
-by dataset, subset, count and feature-network weights, so they are computed once.
+features are cached under the evaluation's cache folder as plain arrays (metrics/feature_cache.py),
+keyed by dataset, subset, count, pixels and feature-network weights, so they are computed once.
 
 Two registered metrics, one per feature network: "fidelity_mnist" (this project's classifier,
 metrics/features.py) and "fidelity_inception" (metrics/inception.py).
@@ -21,17 +23,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch_fidelity
 from torch import Tensor
 from torch.utils.data import Dataset
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_features_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.metric_prc import prc_features_to_metric
+from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from genbench.core import files
 from genbench.core.errors import UserError
 from genbench.core.schema import SCHEMA_VERSION, Output, Value, entry
 from genbench.metrics import features, inception
 from genbench.metrics.base import EvalContext, describe_subset, register_metric, subset_indices
+from genbench.metrics.feature_cache import FeatureCache, cached_features
 
-NETWORKS = ("mnist", "inception")
+NETWORKS = (*features.CLASSIFIERS, "inception")  # ("mnist", "fashion-mnist", "inception")
 REFERENCE_SPLIT = "test"
 # torch-fidelity's default subset size, lowered to half the sample count when fewer: with subsets
 # as large as the set itself every subset is the whole set and KID's std is meaningless.
@@ -64,7 +71,7 @@ def outputs_for(net: str) -> tuple[Output, ...]:
 class FeatureNetwork:
     """A feature network as torch-fidelity will run it."""
 
-    name: str  # "mnist" or "inception": the suffix of the metric keys
+    name: str  # one of NETWORKS: the suffix of the metric keys
     extractor: str  # torch-fidelity feature extractor name
     weights_path: Path
     sha256: str
@@ -76,10 +83,10 @@ class FeatureNetwork:
 
 def resolve_network(name: str, inception_weights: str | os.PathLike | None = None) -> FeatureNetwork:
     """The feature network `name`, its weights located and checksummed. Never downloads."""
-    if name == "mnist":
-        path = features.WEIGHTS_PATH
+    if name in features.CLASSIFIERS:
+        spec = features.CLASSIFIERS[name]
         return FeatureNetwork(
-            name, features.EXTRACTOR_NAME, path, features.verified_sha256(path),
+            name, spec.extractor, spec.weights_path, features.verified_sha256(spec.weights_path),
             features.FEATURE_LAYER, features.FEATURE_DIM, features.LOGITS_LAYER,
         )  # fmt: skip
     if name == "inception":
@@ -92,19 +99,22 @@ def resolve_network(name: str, inception_weights: str | os.PathLike | None = Non
     raise UserError(f"unknown feature network {name!r}; choose from {', '.join(NETWORKS)}")
 
 
-class GreyAsRGB(Dataset):
-    """uint8 (N, 1, H, W) images as torch-fidelity wants them: uint8 (3, H, W) per item."""
+class RGB8(Dataset):
+    """uint8 (N, C, H, W) images, C = 1 or 3, pixels 0..levels-1, as torch-fidelity wants them:
+    uint8 RGB (3, H, W) per item in 0..255 (grey repeated over the three channels)."""
 
-    def __init__(self, images: Tensor) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 1:
-            raise ValueError(f"expected uint8 (N, 1, H, W) images, got {images.dtype} {tuple(images.shape)}")
-        self.images = images.cpu()
+    def __init__(self, images: Tensor, levels: int = 256) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(
+                f"expected uint8 (N, 1 or 3, H, W) images, got {images.dtype} {tuple(images.shape)}"
+            )
+        self.images, self.levels = images.cpu(), levels
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> Tensor:
-        return self.images[i].expand(3, -1, -1)  # (3, H, W)
+        return files.to_8bit(self.images[i], self.levels).expand(3, -1, -1)  # (3, H, W) 0..255
 
 
 def check_sample_count(n: int, network: FeatureNetwork, allow: bool = False) -> None:
@@ -118,12 +128,6 @@ def check_sample_count(n: int, network: FeatureNetwork, allow: bool = False) -> 
             f"feature covariance has rank at most {n - 1}; use at least {network.feature_dim} samples, "
             f"or {ALLOW_HINT}"
         )
-
-
-def cache_name(dataset: str, split: str, n: int, subset_seed: int, network: FeatureNetwork) -> str:
-    """torch-fidelity cache entry of a real subset; it appends the extractor name itself. The
-    weights' checksum is part of the name so that retrained weights never meet stale features."""
-    return f"genbench-{dataset}-{split}-n{n}-s{subset_seed}-{network.sha256[:12]}"
 
 
 def reference_images(test: Tensor, n: int, subset_seed: int) -> Tensor:
@@ -140,6 +144,12 @@ def device_kwargs(device: str | torch.device) -> tuple[bool, contextlib.Abstract
     return False, contextlib.nullcontext()
 
 
+def feature_layers(network: FeatureNetwork) -> tuple[str, ...]:
+    """The layers every extraction takes (one forward pass gives them all): FID/KID/PR's features,
+    and IS's logits where the network has them."""
+    return (network.feature_layer,) if network.is_layer is None else (network.feature_layer, network.is_layer)
+
+
 def run_torch_fidelity(
     input1: Tensor,
     input2: Tensor | None,
@@ -149,50 +159,58 @@ def run_torch_fidelity(
     kid: bool,
     prc: bool,
     isc: bool,
-    input1_cache_name: str | None = None,
-    input2_cache_name: str | None = None,
+    input1_cache: FeatureCache | None = None,
+    input2_cache: FeatureCache | None = None,
     device: str | torch.device = "cpu",
-    cache_dir: str | os.PathLike | None = None,
     seed: int = 0,
     batch_size: int = 256,
 ) -> dict[str, float]:
-    """One torch_fidelity.calculate_metrics call: input1 plays "generated", input2 "real".
-    Caching is on only for inputs with a cache name, and only when cache_dir is given."""
+    """The numbers torch_fidelity.calculate_metrics gives for uint8 (N, C, H, W) images (input1 plays
+    "generated", input2 "real"), computed by its own functions: its feature extraction, then its
+    metric steps on the features. An input with a FeatureCache has its features read from, or
+    written to, that cache as plain arrays; torch-fidelity itself is never handed a file."""
     cuda, device_scope = device_kwargs(device)
-    n = len(input1) if input2 is None else min(len(input1), len(input2))
-    kid_size = kid_subset_size(n)
-    kwargs: dict[str, Any] = dict(
-        input1=GreyAsRGB(input1),
-        input2=None if input2 is None else GreyAsRGB(input2),
-        input1_cache_name=input1_cache_name,
-        input2_cache_name=input2_cache_name,
-        fid=fid,
-        kid=kid,
-        prc=prc,
-        isc=isc,
-        feature_extractor=network.extractor,
-        feature_layer_fid=network.feature_layer,
-        feature_layer_kid=network.feature_layer,
-        feature_layer_prc=network.feature_layer,
-        # Always a local path: torch-fidelity downloads when given none.
-        feature_extractor_weights_path=str(network.weights_path),
-        kid_subsets=KID_SUBSETS,
-        kid_subset_size=kid_size,
-        isc_splits=ISC_SPLITS,
-        prc_neighborhood=PRC_NEIGHBORHOOD,
-        cuda=cuda,
-        batch_size=batch_size,
-        cache=cache_dir is not None,
-        cache_root=None if cache_dir is None else str(cache_dir),
-        rng_seed=seed,
-        save_cpu_ram=True,  # no DataLoader worker processes for in-memory tensors; PR distances in blocks
-        datasets_download=False,
-        verbose=False,
-    )
-    if isc:
-        kwargs["feature_layer_isc"] = network.is_layer
-    with device_scope:
-        return torch_fidelity.calculate_metrics(**kwargs)
+    layers = feature_layers(network)
+    extractor = None
+
+    def extract(images: Tensor) -> dict[str, Tensor]:
+        nonlocal extractor
+        with device_scope:
+            if extractor is None:
+                # Always a local weights path: torch-fidelity downloads when given none.
+                extractor = create_feature_extractor(
+                    network.extractor, list(layers), cuda=cuda,
+                    feature_extractor_weights_path=str(network.weights_path), verbose=False,
+                )  # fmt: skip
+            # save_cpu_ram: no DataLoader worker processes for in-memory tensors
+            return get_featuresdict_from_dataset(
+                RGB8(images), extractor, batch_size, cuda, save_cpu_ram=True, verbose=False
+            )
+
+    def features_of(images: Tensor, cache: FeatureCache | None) -> dict[str, Tensor]:
+        return extract(images) if cache is None else cached_features(images, network, cache, layers, extract)
+
+    features1 = features_of(input1, input1_cache)  # {layer: (N1, d)}
+    features2 = None if input2 is None else features_of(input2, input2_cache)  # {layer: (N2, d)}
+    scores: dict[str, float] = {}
+    if isc:  # torch-fidelity shuffles before splitting by default (samples_shuffle)
+        scores |= isc_features_to_metric(features1[network.is_layer], ISC_SPLITS, True, seed)
+    if features2 is None:
+        return scores
+    f1, f2 = features1[network.feature_layer], features2[network.feature_layer]
+    if fid:
+        stats1, stats2 = fid_features_to_statistics(f1), fid_features_to_statistics(f2)
+        scores |= fid_statistics_to_metric(stats1, stats2, verbose=False)
+    if kid:
+        scores |= kid_features_to_metric(
+            f1, f2, kid_subsets=KID_SUBSETS, kid_subset_size=kid_subset_size(min(len(f1), len(f2))),
+            rng_seed=seed, verbose=False,
+        )  # fmt: skip
+    if prc:  # save_cpu_ram: PR distances in blocks
+        scores |= prc_features_to_metric(
+            f1, f2, prc_neighborhood=PRC_NEIGHBORHOOD, save_cpu_ram=True, verbose=False
+        )
+    return scores
 
 
 def base_protocol(network: FeatureNetwork, n: int, n_reference: int, seed: int, device) -> dict[str, Any]:
@@ -216,9 +234,8 @@ def fidelity_scores(
     reference: Tensor,
     network: FeatureNetwork,
     *,
-    reference_cache_name: str | None = None,
+    reference_cache: FeatureCache | None = None,
     device: str | torch.device = "cpu",
-    cache_dir: str | os.PathLike | None = None,
     seed: int = 0,
     batch_size: int = 256,
     allow_few_samples: bool = False,
@@ -227,14 +244,14 @@ def fidelity_scores(
 ) -> dict[str, Value]:
     """FID, KID, precision, recall and IS of `generated` against `reference` (uint8 (N, 1, H, W)
     each), keyed fid_<net>, kid_<net>, precision_<net>, recall_<net>, is_<net>. ``floor``: each value
-    names the real-data floor entry of the same key to be shown beside it."""
+    names the real-data floor entry of the same key to be shown beside it. ``reference_cache``: where
+    the reference's features are cached."""
     n, n_ref = len(generated), len(reference)
     check_sample_count(min(n, n_ref), network, allow_few_samples)
     has_is = network.is_layer is not None
     scores = run_torch_fidelity(
         generated, reference, network, fid=True, kid=True, prc=True, isc=has_is,
-        input2_cache_name=reference_cache_name, device=device, cache_dir=cache_dir, seed=seed,
-        batch_size=batch_size,
+        input2_cache=reference_cache, device=device, seed=seed, batch_size=batch_size,
     )  # fmt: skip
     protocol = base_protocol(network, n, n_ref, seed, device) | (protocol_extra or {})
     fid_protocol = dict(protocol, rank_deficient=True) if min(n, n_ref) < network.feature_dim else protocol
@@ -279,6 +296,8 @@ def not_in_profile(net: str) -> dict[str, Value]:
 def compute_for_network(ctx: EvalContext, net: str) -> dict[str, Value]:
     """The registered metrics' body: the model's samples against the random test subset."""
     config = ctx.config
+    if config.feature_networks is None:
+        raise ValueError("EvalConfig.feature_networks is unresolved; bench.run.plan sets the dataset's")
     if net not in config.feature_networks:
         return not_in_profile(net)
     network = resolve_network(net, config.inception_weights)
@@ -286,11 +305,16 @@ def compute_for_network(ctx: EvalContext, net: str) -> dict[str, Value]:
     check_sample_count(
         min(config.n_samples, n_reference), network, config.allow_few_samples
     )  # before sampling
+    # The feature networks read 8-bit images: binarized pixels 0/1 become 0/255.
     reference = reference_images(ctx.data.test, n_reference, config.subset_seed)  # (N, C, H, W) uint8
+    reference = files.to_8bit(reference, ctx.data.levels)
+    cache = (
+        None if ctx.cache_dir is None
+        else FeatureCache(Path(ctx.cache_dir), ctx.data.name, REFERENCE_SPLIT, config.subset_seed)
+    )  # fmt: skip
     return fidelity_scores(
-        ctx.samples(), reference, network,
-        reference_cache_name=cache_name(ctx.data.name, REFERENCE_SPLIT, n_reference, config.subset_seed, network),
-        device=ctx.device, cache_dir=ctx.cache_dir, seed=ctx.seed, batch_size=config.batch_size,
+        files.to_8bit(ctx.samples(), ctx.model.levels), reference, network, reference_cache=cache,
+        device=ctx.device, seed=ctx.seed, batch_size=config.batch_size,
         allow_few_samples=config.allow_few_samples,
         protocol_extra={"subset": describe_subset(len(ctx.data.test), n_reference, config.subset_seed)},
     )  # fmt: skip
@@ -306,6 +330,11 @@ def network_ids(config) -> dict[str, str]:
 @register_metric("fidelity_mnist", needs=("samples",), outputs=outputs_for("mnist"))
 def fidelity_mnist(ctx: EvalContext) -> dict[str, Value]:
     return compute_for_network(ctx, "mnist")
+
+
+@register_metric("fidelity_fashion-mnist", needs=("samples",), outputs=outputs_for("fashion-mnist"))
+def fidelity_fashion_mnist(ctx: EvalContext) -> dict[str, Value]:
+    return compute_for_network(ctx, "fashion-mnist")
 
 
 @register_metric("fidelity_inception", needs=("samples",), outputs=outputs_for("inception"))
@@ -338,11 +367,13 @@ def compute_floors(
     test = reference_images(data.test, n, subset_seed)  # (N, C, H, W) uint8
     train_index = subset_indices(len(data.train), n, seed)
     train = (data.train if train_index is None else data.train[train_index.to(data.train.device)]).cpu()
-    test_cache = cache_name(data.name, REFERENCE_SPLIT, n, subset_seed, feature_network)
-    common = dict(device=device, cache_dir=cache_dir, seed=seed, batch_size=batch_size)
+    test_cache = (
+        None if cache_dir is None else FeatureCache(Path(cache_dir), data.name, REFERENCE_SPLIT, subset_seed)
+    )
+    common = dict(device=device, seed=seed, batch_size=batch_size)
     subset = describe_subset(len(data.test), n, subset_seed)
     values = fidelity_scores(
-        train, test, feature_network, reference_cache_name=test_cache, allow_few_samples=allow_few_samples,
+        train, test, feature_network, reference_cache=test_cache, allow_few_samples=allow_few_samples,
         protocol_extra={"compared": "train", "subset": subset}, floor=False, **common,
     )  # fmt: skip
     is_key = f"is_{network}"
@@ -354,7 +385,7 @@ def compute_floors(
         # The test images' logits are in the cache from the call above.
         scores = run_torch_fidelity(
             test, None, feature_network, fid=False, kid=False, prc=False, isc=True,
-            input1_cache_name=test_cache, **common,
+            input1_cache=test_cache, **common,
         )  # fmt: skip
         is_protocol["std"] = scores["inception_score_std"]
         values[is_key] = Value(scores["inception_score_mean"], is_protocol)

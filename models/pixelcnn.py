@@ -1,23 +1,30 @@
 """Gated PixelCNN (van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders").
 
-An autoregressive model over pixels in raster order: p(x) = prod_i p(x_i | x_<i), each factor a
-``levels``-way softmax over intensities, so log p(x) is exact and, with ``levels = 256``, it is the
-8-bit protocol's likelihood (the probability of the discrete image equals the density of the uniformly
-dequantized image on the 1/256 grid).
+An autoregressive model over pixels in raster order and, within a pixel, over its channels in order
+(R, G, B): p(x) = prod_i prod_c p(x_i,c | x_<i, x_i,<c), each factor a ``levels``-way softmax over
+intensities, so log p(x) is exact and, with ``levels = 256``, it is the 8-bit protocol's likelihood
+(the probability of the discrete image equals the density of the uniformly dequantized image on the
+1/256 grid).
 
 Two stacks remove the blind spot of the original PixelCNN:
 
 * the vertical stack sees a full rectangle of rows at and above the current row (kernel
   ``(k//2 + 1, k)``); its features reach the horizontal stack shifted down by one row, so a pixel only
-  ever sees strictly earlier rows through it;
-* the horizontal stack sees the current row to the left (kernel ``(1, k//2 + 1)``); the first layer
-  shifts its input right by one column (mask type A: the current pixel is excluded), later layers
-  include the current position (type B, which by then carries only information from before it).
+  ever sees strictly earlier rows through it, all of their channels;
+* the horizontal stack sees the current row to the left, kernel ``(1, w)`` whose last column is the
+  current pixel. Earlier columns read every channel. At the current pixel the channels follow the
+  channel masks of van den Oord et al. (2016, "Pixel Recurrent Neural Networks"): every feature map
+  belongs to one image channel (contiguous groups, R then G then B), and a map of group c reads the
+  current pixel's maps of groups < c in the first layer (mask type A, which with one channel
+  excludes the current pixel altogether) and of groups <= c after it (type B, whose inputs by then
+  carry only what came before). The 1x1 convolutions of the horizontal stack and of the output head
+  are type B; the head's logits for channel c form group c.
 
-Each layer gates its activations as tanh(a) * sigmoid(b) and the horizontal stack is residual from the
-second layer on. Sampling runs the same layer code on the smallest window that determines each new
-value (one new row of the vertical stack per image row, one new column of the horizontal stack per
-pixel), which is exact because the stacks are causal; tests compare it with the full forward pass.
+Each layer gates its activations as tanh(a) * sigmoid(b) (both halves grouped alike) and the
+horizontal stack is residual from the second layer on. Sampling runs the same layer code on the
+smallest window that determines each new value (one new row of the vertical stack per image row, one
+new column of the horizontal stack per pixel and channel), which is exact because the stacks are
+causal; tests compare it with the full forward pass and with a naive sampler.
 """
 
 from __future__ import annotations
@@ -33,20 +40,25 @@ from genbench.models.base import GenerativeModel, TrainConfig, bits_per_dim, reg
 
 @dataclasses.dataclass(frozen=True)
 class PixelCNNConfig:
-    image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W); one channel
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W)
     levels: int = 256  # intensities per pixel; inputs are uint8 in 0..levels-1
     hidden_channels: int = 64  # feature maps per stack ("channels" is the image's channel count in base)
     n_layers: int = 7  # gated layers, the first one type A
     kernel_size: int = 3  # odd; vertical kernel (k//2+1, k), horizontal (1, k//2+1)
-    first_kernel_size: int = 7  # the first layer reads the 1-channel image, so a wide kernel is cheap
+    first_kernel_size: int = 7  # the first layer reads the C-channel image, so a wide kernel is cheap
     head_channels: int = 128  # hidden width of the 1x1 output head
 
     def __post_init__(self) -> None:
-        if self.image_shape[0] != 1:
-            raise ValueError(f"pixelcnn models one channel, got image_shape {self.image_shape}")
         for name in ("hidden_channels", "n_layers", "head_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        channels = self.image_shape[0]
+        for name in ("hidden_channels", "head_channels"):
+            if getattr(self, name) < channels:
+                raise ValueError(
+                    f"{name} ({getattr(self, name)}) must be at least the image's {channels} channels: "
+                    "each channel needs its own feature maps"
+                )
         if not 2 <= self.levels <= 256:
             raise ValueError(f"levels must be in 2..256 (uint8 inputs), got {self.levels}")
         for name in ("kernel_size", "first_kernel_size"):
@@ -72,23 +84,56 @@ def shift_down(x: Tensor) -> Tensor:
     return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
 
 
-def shift_right(x: Tensor) -> Tensor:
-    """Column c takes column c-1's values, column 0 zeros: (B, C, H, W) -> (B, C, H, W)."""
-    return F.pad(x, (1, 0, 0, 0))[:, :, :, :-1]
+def channel_groups(n: int, image_channels: int) -> Tensor:
+    """The image channel each of n feature maps belongs to: contiguous, near-equal groups. (n,) long"""
+    return torch.arange(n) * image_channels // n
+
+
+def channel_mask(out_groups: Tensor, in_groups: Tensor, own: bool) -> Tensor:
+    """(out, in) 0/1: which inputs at the current pixel an output may read: those of earlier image
+    channels, and with ``own`` (type B) those of its own channel too (type A without)."""
+    earlier = out_groups[:, None] - in_groups[None, :]  # (out, in)
+    return (earlier >= 0 if own else earlier > 0).float()
+
+
+class RowConv(nn.Conv2d):
+    """A (1, width) convolution over the current pixel (its last kernel column, given left-only
+    padding) and the width-1 pixels to its left. Those read every input channel; the current pixel
+    reads only what ``mask`` (out, in) allows."""
+
+    def __init__(self, in_channels: int, out_channels: int, width: int, mask: Tensor) -> None:
+        super().__init__(in_channels, out_channels, (1, width))
+        full = torch.ones(out_channels, in_channels, 1, width)
+        full[:, :, 0, -1] = mask
+        self.register_buffer("mask", full, persistent=False)  # derived from the config, not learned
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight * self.mask, self.bias)
 
 
 class GatedLayer(nn.Module):
-    """One layer of both stacks. ``first`` makes it type A (the horizontal stack excludes the current
-    pixel, and there is no residual because its input is the image itself)."""
+    """One layer of both stacks. ``first`` makes it type A (the current pixel's own and later
+    channels are excluded, and there is no residual because its input is the image itself).
+    ``in_groups``: the image channel of each input map."""
 
-    def __init__(self, in_channels: int, channels: int, kernel_size: int, first: bool) -> None:
+    def __init__(
+        self, in_groups: Tensor, channels: int, image_channels: int, kernel_size: int, first: bool
+    ) -> None:
         super().__init__()
+        in_channels = len(in_groups)
         self.first = first
         self.half = kernel_size // 2
+        self.width = self.half + 1 + (1 if first else 0)  # type A reaches one column further left
+        groups = channel_groups(channels, image_channels)  # (C,)
         self.v_conv = nn.Conv2d(in_channels, 2 * channels, (self.half + 1, kernel_size))
         self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
-        self.h_conv = nn.Conv2d(in_channels, 2 * channels, (1, self.half + 1))
-        self.h_out = nn.Conv2d(channels, channels, 1)
+        self.h_conv = RowConv(
+            in_channels,
+            2 * channels,
+            self.width,
+            channel_mask(torch.cat([groups, groups]), in_groups, not first),
+        )
+        self.h_out = RowConv(channels, channels, 1, channel_mask(groups, groups, own=True))
 
     def vertical(self, v: Tensor) -> tuple[Tensor, Tensor]:
         """Next vertical features and the pre-activation the horizontal stack reads.
@@ -102,17 +147,16 @@ class GatedLayer(nn.Module):
         return self.v_to_h(shift_down(pre))  # (B, 2C, H, W)
 
     def horizontal(self, h: Tensor, link: Tensor) -> Tensor:
-        """Next horizontal features. Output column c depends on input columns c-half..c (type B) or
-        c-half-1..c-1 (type A) and on ``link`` at column c."""
-        source = shift_right(h) if self.first else h
-        pre = self.h_conv(F.pad(source, (self.half, 0, 0, 0))) + link  # (B, 2C, H, W)
+        """Next horizontal features. Output column c depends on input columns c-width+1..c (column c
+        through the channel mask) and on ``link`` at column c."""
+        pre = self.h_conv(F.pad(h, (self.width - 1, 0, 0, 0))) + link  # (B, 2C, H, W)
         out = self.h_out(gate(pre))  # (B, C, H, W)
         return out if self.first else h + out
 
     @property
     def left_reach(self) -> int:
         """Columns to the left of c that ``horizontal`` reads to produce column c."""
-        return self.half + (1 if self.first else 0)
+        return self.width - 1
 
 
 @register_model("pixelcnn", aliases=("gated-pixelcnn",))
@@ -150,16 +194,25 @@ class PixelCNN(GenerativeModel):
 
     def __init__(self, config: PixelCNNConfig) -> None:
         super().__init__(config)
-        c = config.hidden_channels
+        c, channels, levels = config.hidden_channels, config.image_shape[0], config.levels
+        image_groups = torch.arange(channels)  # image channel k is group k
+        hidden_groups = channel_groups(c, channels)
         self.layers = nn.ModuleList(
-            [GatedLayer(1, c, config.first_kernel_size, first=True)]
-            + [GatedLayer(c, c, config.kernel_size, first=False) for _ in range(config.n_layers - 1)]
+            [GatedLayer(image_groups, c, channels, config.first_kernel_size, first=True)]
+            + [
+                GatedLayer(hidden_groups, c, channels, config.kernel_size, first=False)
+                for _ in range(config.n_layers - 1)
+            ]
         )
+        head_groups = channel_groups(config.head_channels, channels)
+        logit_groups = torch.arange(channels * levels) // levels  # channel k's levels logits are group k
         self.head = nn.Sequential(
             nn.ReLU(),
-            nn.Conv2d(c, config.head_channels, 1),
+            RowConv(c, config.head_channels, 1, channel_mask(head_groups, hidden_groups, own=True)),
             nn.ReLU(),
-            nn.Conv2d(config.head_channels, config.levels, 1),
+            RowConv(
+                config.head_channels, channels * levels, 1, channel_mask(logit_groups, head_groups, own=True)
+            ),
         )
 
     # ----------------------------------------------------------------------------- likelihood
@@ -168,13 +221,20 @@ class PixelCNN(GenerativeModel):
         """uint8 intensities 0..levels-1 -> float in [-1, 1], the network's input."""
         return x.float() * (2.0 / (self.config.levels - 1)) - 1.0
 
+    def _logits_of(self, h: Tensor) -> Tensor:
+        """The head on horizontal features (B, hidden, H, W) -> logits (B, levels, C, H, W)."""
+        b, _, height, width = h.shape
+        out = self.head(h).view(b, self.image_shape[0], self.config.levels, height, width)  # (B, C, L, H, W)
+        return out.transpose(1, 2)
+
     def network(self, xf: Tensor) -> Tensor:
-        """Logits of every pixel given the pixels before it: (B, 1, H, W) float -> (B, levels, H, W)."""
+        """Logits of every pixel and channel given what precedes it: (B, C, H, W) float ->
+        (B, levels, C, H, W)."""
         v = h = xf
         for layer in self.layers:
             v, pre = layer.vertical(v)
             h = layer.horizontal(h, layer.link(pre))
-        return self.head(h)
+        return self._logits_of(h)
 
     def _check(self, x: Tensor) -> None:
         if x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
@@ -186,15 +246,16 @@ class PixelCNN(GenerativeModel):
             raise ValueError(f"inputs must be below levels={self.config.levels}; quantize them first")
 
     def logits(self, x: Tensor) -> Tensor:
-        """(B, 1, H, W) uint8 -> (B, levels, H, W) float32 logits."""
+        """(B, C, H, W) uint8 -> (B, levels, C, H, W) float32 logits."""
         self._check(x)
         # The parameters' dtype (float32 in training; tests run float64 for exact comparisons).
         return self.network(self.scale(x).to(self.head[-1].weight.dtype)).float()
 
     def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log P(x) in nats: sum over pixels of log softmax at the true intensity. (B,)"""
-        logp = F.log_softmax(self.logits(x), dim=1)  # (B, levels, H, W)
-        return logp.gather(1, x.long()).flatten(1).sum(1)  # (B,)
+        """Exact log P(x) in nats: sum over pixels and channels of log softmax at the true
+        intensity. (B,)"""
+        logp = F.log_softmax(self.logits(x), dim=1)  # (B, levels, C, H, W)
+        return logp.gather(1, x.long().unsqueeze(1)).flatten(1).sum(1)  # (B,)
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         nats = -self.log_prob(x).mean()
@@ -204,51 +265,54 @@ class PixelCNN(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, mode: str | None = None) -> Tensor:
-        """n images (n, 1, H, W) uint8, H*W sequential steps, the whole batch at once."""
+        """n images (n, C, H, W) uint8, H*W*C sequential steps, the whole batch at once."""
         return self._sample(n, generator)[0]
 
+    @torch.no_grad()
     def _sample(self, n: int, generator: torch.Generator | None, keep_logits: bool = False):
-        """Samples, and (if ``keep_logits``) the (n, levels, H, W) logits each pixel was drawn from.
+        """Samples, and (if ``keep_logits``) the (n, levels, C, H, W) logits each value was drawn from.
 
         Caches hold every layer's output so far. After an image row is complete, each layer computes
-        that row of the vertical stack from the ``half + 1`` rows that determine it; for each pixel,
-        each layer computes one column of the horizontal stack from the ``left_reach + 1`` columns that
-        determine it. Windows narrower than the image get the same zero padding as the full pass, so
-        the arithmetic per value is the full pass's arithmetic.
+        that row of the vertical stack from the ``half + 1`` rows that determine it; for each pixel and
+        channel, each layer computes one column of the horizontal stack from the ``left_reach + 1``
+        columns that determine it (recomputed per channel: channel k's features at the current pixel
+        read channels < k there). Windows narrower than the image get the same zero padding as the
+        full pass, so the arithmetic per value is the full pass's arithmetic.
         """
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        _, size, width = self.image_shape
-        if size != width:
-            raise ValueError(f"pixelcnn samples square images, got {self.image_shape}")
+        channels, height, width = self.image_shape
         levels, device = self.config.levels, self.device
         dtype = self.head[-1].weight.dtype
         c = self.config.hidden_channels
-        x = torch.zeros(n, 1, size, size, dtype=torch.uint8, device=device)
+        x = torch.zeros(n, channels, height, width, dtype=torch.uint8, device=device)
         # verticals[l]: input of layer l's vertical stack, filled row by row as image rows complete;
         # verticals[0] is the scaled image. The last layer's vertical output feeds nothing.
-        verticals = [torch.zeros(n, 1, size, size, dtype=dtype, device=device)]
-        verticals += [torch.zeros(n, c, size, size, dtype=dtype, device=device) for _ in self.layers[1:]]
-        pres = [torch.zeros(n, 2 * c, 1, size, dtype=dtype, device=device) for _ in self.layers]
-        kept = torch.zeros(n, levels, size, size, device=device) if keep_logits else None
-        for i in range(size):
+        verticals = [torch.zeros(n, channels, height, width, dtype=dtype, device=device)]
+        verticals += [torch.zeros(n, c, height, width, dtype=dtype, device=device) for _ in self.layers[1:]]
+        pres = [torch.zeros(n, 2 * c, 1, width, dtype=dtype, device=device) for _ in self.layers]
+        kept = torch.zeros(n, levels, channels, height, width, device=device) if keep_logits else None
+        for i in range(height):
             # Row i reads the vertical pre-activations of row i-1 (zeros for row 0, as shift_down pads).
             links = [layer.v_to_h(pre) for layer, pre in zip(self.layers, pres, strict=True)]  # (n, 2C, 1, W)
             # rows[l]: input of layer l's horizontal stack on row i; rows[0] is the image row itself.
             rows = [verticals[0][:, :, i : i + 1]] + [
-                torch.zeros(n, c, 1, size, dtype=dtype, device=device) for _ in self.layers
+                torch.zeros(n, c, 1, width, dtype=dtype, device=device) for _ in self.layers
             ]
-            for j in range(size):
-                for l, layer in enumerate(self.layers):
-                    start = max(0, j - layer.left_reach)
-                    window = layer.horizontal(rows[l][..., start : j + 1], links[l][..., start : j + 1])
-                    rows[l + 1][..., j] = window[..., -1]
-                logits = self.head(rows[-1][..., j : j + 1]).float().flatten(1)  # (n, levels)
-                if kept is not None:
-                    kept[:, :, i, j] = logits
-                value = torch.multinomial(F.softmax(logits, dim=1), 1, generator=generator).squeeze(1)  # (n,)
-                x[:, 0, i, j] = value.to(torch.uint8)
-                rows[0][:, 0, 0, j] = self.scale(value).to(dtype)  # rows[0] is a view of verticals[0]
+            for j in range(width):
+                for k in range(channels):
+                    for l, layer in enumerate(self.layers):
+                        start = max(0, j - layer.left_reach)
+                        window = layer.horizontal(rows[l][..., start : j + 1], links[l][..., start : j + 1])
+                        rows[l + 1][..., j] = window[..., -1]
+                    logits = self._logits_of(rows[-1][..., j : j + 1])[:, :, k, 0, 0].float()  # (n, levels)
+                    if kept is not None:
+                        kept[:, :, k, i, j] = logits
+                    value = torch.multinomial(F.softmax(logits, dim=1), 1, generator=generator).squeeze(
+                        1
+                    )  # (n,)
+                    x[:, k, i, j] = value.to(torch.uint8)
+                    rows[0][:, k, 0, j] = self.scale(value).to(dtype)  # rows[0] is a view of verticals[0]
             for l, layer in enumerate(self.layers):
                 window = verticals[l][:, :, max(0, i - layer.half) : i + 1]  # (n, C_in, <= half + 1, W)
                 v, pre = layer.vertical(window)  # (n, C, rows, W), (n, 2C, rows, W)

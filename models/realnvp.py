@@ -2,7 +2,7 @@
 
 The model is a bijection between dequantized images y in [0, 1)^D and latents z ~ N(0, I):
 
-    y = (x + u) / L, u ~ U[0, 1)                uniform dequantization of the pixels x (L levels, 256 for 8-bit)
+    y = (x + u) / L, u ~ U[0, 1)                uniform dequantization of pixels x (L levels; 256: 8-bit)
     p = alpha + (1 - 2 alpha) y                  keep the logit away from +-infinity
     v = logit(p)                                 unbounded "logit space"
     z = f(v)                                     multi-scale stack of act norms and affine couplings
@@ -38,6 +38,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from genbench.core.distributed import all_reduce_, is_distributed, world_size
 from genbench.models.base import GenerativeModel, TrainConfig, bits_per_dim, dequantize, register_model
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -85,13 +86,26 @@ class Config:
 # Invertible layers. Each maps x -> (y, log|det dy/dx| per image) and back with inverse(y) -> x.
 
 
+def _global_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and (unbiased) std of the global batch of a data-parallel run, of which each
+    rank holds an equal slice x (B, C, H, W): two all-reduced passes, as a single process computes
+    them on the whole batch, so every rank initializes alike."""
+    count = x.numel() // x.shape[1] * world_size()  # values per channel in the global batch
+    mean = all_reduce_(x.sum(dim=(0, 2, 3), keepdim=True)) / count  # (1, C, 1, 1)
+    if count == 1:
+        return mean, torch.ones_like(mean)
+    squares = all_reduce_((x - mean).pow(2).sum(dim=(0, 2, 3), keepdim=True))  # (1, C, 1, 1)
+    return mean, (squares / (count - 1)).sqrt()
+
+
 class ActNorm(nn.Module):
     """Per-channel affine y = (x + loc) * exp(log_scale) (Kingma & Dhariwal 2018).
 
     Data-dependent init: the first forward in training mode sets loc and log_scale so that the
     batch has zero mean and unit variance per channel. Until then (and in eval mode before any
     training) it is the identity. The ``initialized`` buffer is saved with the state dict, so a
-    loaded checkpoint is never re-initialized."""
+    loaded checkpoint is never re-initialized. In a data-parallel run the statistics are the global
+    batch's (all-reduced across ranks)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -106,8 +120,11 @@ class ActNorm(nn.Module):
 
     @torch.no_grad()
     def _init(self, x: Tensor) -> None:
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)  # (1, C, 1, 1)
-        std = x.std(dim=(0, 2, 3), keepdim=True) if x.numel() // x.shape[1] > 1 else torch.ones_like(mean)
+        if is_distributed():
+            mean, std = _global_moments(x)
+        else:
+            mean = x.mean(dim=(0, 2, 3), keepdim=True)  # (1, C, 1, 1)
+            std = x.std(dim=(0, 2, 3), keepdim=True) if x.numel() // x.shape[1] > 1 else torch.ones_like(mean)
         self.loc.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + 1e-6))
         self.initialized.fill_(True)

@@ -1,11 +1,12 @@
 """Convolutional VAE (Kingma & Welling 2014) with a discretized logistic decoder per pixel.
 
-The decoder (Salimans et al. 2017, one component) puts the mass of a logistic on the 256 bins of
-8-bit intensities, with the tails folded into 0 and 255, so it is a proper distribution over
-8-bit pixels and so the ELBO is a lower bound on log P(x)
-in nats on the shared 8-bit scale; ``iwae_log_prob`` tightens it with k importance samples
-(Burda et al. 2016). Both are bounds on the same quantity: ELBO <= IWAE_k <= IWAE_{k'} (k <= k')
-in expectation, and IWAE_k -> log P(x) as k grows.
+The decoder (Salimans et al. 2017, one component) puts the mass of a logistic on the ``levels``
+bins of the pixel intensities, with the tails folded into the end bins, so it is a proper
+distribution over the discrete pixels and the ELBO is a lower bound on log P(x) in nats on the
+data's protocol. At 2 levels (binarized MNIST) the two bins are exactly a Bernoulli with logit
+(mean - 1/2) / scale: P(1) = sigmoid((mean - 1/2) / s) = 1 - P(0). ``iwae_log_prob`` tightens
+the ELBO with k importance samples (Burda et al. 2016). Both are bounds on the same quantity:
+ELBO <= IWAE_k <= IWAE_{k'} (k <= k') in expectation, and IWAE_k -> log P(x) as k grows.
 """
 
 from __future__ import annotations
@@ -149,10 +150,13 @@ class VAE(GenerativeModel):
             nn.SiLU(),  # (B, c1, H, W)
             nn.Conv2d(c1, 2 * c, 1),  # (B, 2C, H, W): logistic means, then log-scales, per pixel
         )
-        # Start the decoder wide (scale ~20 intensity levels): a narrow logistic far from the data
-        # gives huge gradients in the first steps that blow up the encoder (KL in the thousands).
+        # Start the decoder wide (scale ~20 of 255 intensity steps, the same fraction of the range at
+        # any level count): a narrow logistic far from the data gives huge gradients in the first steps
+        # that blow up the encoder (KL in the thousands). At 2 levels that is a Bernoulli logit
+        # (mean - 1/2) / 0.078, wide enough to learn from; 20 levels there would flatten every pixel
+        # to p ~ 1/2 and stall the start.
         with torch.no_grad():
-            self.decoder_conv[-1].bias[c:] = 3.0
+            self.decoder_conv[-1].bias[c:] = math.log(20.0 * (config.levels - 1) / 255)
 
     # --- the model's parts --------------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -162,8 +166,12 @@ class VAE(GenerativeModel):
 
     def decode(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Decoder parameters in intensity units: mean and log-scale, (B, C, H, W) each."""
-        h = self.decoder_fc(z).view(-1, *self.feature_shape)  # (B, c2, H/4, W/4)
-        mean_raw, log_scale = self.decoder_conv(h).float().chunk(2, dim=1)  # (B, C, H, W) each
+        h = self.decoder_conv[:-1](self.decoder_fc(z).view(-1, *self.feature_shape))  # (B, c1, H, W)
+        # The output layer in fp32 even under bf16 autocast: its mean is in intensity units, where a
+        # bf16 rounding is worth several levels and the likelihood terms would inherit it.
+        with torch.autocast(h.device.type, enabled=False):
+            out = self.decoder_conv[-1](h.float())  # (B, 2C, H, W)
+        mean_raw, log_scale = out.chunk(2, dim=1)  # (B, C, H, W) each
         top = self.config.levels - 1
         mean = (mean_raw + 1) * (top / 2)  # unbounded: the end bins absorb the tails; tanh saturated
         return mean, log_scale.clamp(min=-7.0)  # a clamp above would stop the gradient of wide pixels

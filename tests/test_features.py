@@ -1,7 +1,9 @@
-"""The `mnist` feature network: committed weights and checksum, training, the torch-fidelity extractor."""
+"""The classifier feature networks (`mnist`, `fashion-mnist`): committed weights and checksums,
+training, the torch-fidelity extractors, and how FID with them reacts to damaged images."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from types import SimpleNamespace
 
@@ -13,11 +15,12 @@ from genbench.core.errors import UserError
 from genbench.core.files import file_sha256
 from genbench.metrics import features
 from genbench.metrics.features import (
+    CLASSIFIERS,
     EXTRACTOR_NAME,
     FEATURE_DIM,
     WEIGHTS_PATH,
-    MnistClassifier,
-    MnistFeatureExtractor,
+    Classifier,
+    ClassifierFeatureExtractor,
     load_classifier,
     save_weights,
     sha256_path,
@@ -37,12 +40,14 @@ def blobs(n: int, seed: int) -> torch.Tensor:
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def test_committed_weights_match_their_checksum_and_load():
-    assert WEIGHTS_PATH.is_file() and sha256_path(WEIGHTS_PATH).is_file()
-    committed = sha256_path(WEIGHTS_PATH).read_text().split()
-    assert committed == [file_sha256(WEIGHTS_PATH), WEIGHTS_PATH.name]  # sha256sum format
-    assert features.verified_sha256(WEIGHTS_PATH) == committed[0]
-    model = load_classifier()
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+def test_committed_weights_match_their_checksum_and_load(name):
+    path = CLASSIFIERS[name].weights_path
+    assert path.is_file() and sha256_path(path).is_file()
+    committed = sha256_path(path).read_text().split()
+    assert committed == [file_sha256(path), path.name]  # sha256sum format
+    assert features.verified_sha256(path) == committed[0]
+    model = load_classifier(path)
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     feats, logits = model(features.to_grey_unit(blobs(4, 0)))
     assert feats.shape == (4, FEATURE_DIM) and logits.shape == (4, 10)
@@ -57,11 +62,11 @@ def test_corrupted_weights_raise_checksum_error(tmp_path):
     raw = bytearray(weights.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     weights.write_bytes(bytes(raw))
-    with pytest.raises(UserError, match=r"checksum mismatch.*bench train-classifier"):
+    with pytest.raises(UserError, match=r"checksum mismatch.*bench train-classifier --dataset mnist"):
         load_classifier(weights)
     # torch-fidelity builds the extractor through the same check
     with pytest.raises(UserError, match="checksum mismatch"):
-        MnistFeatureExtractor(EXTRACTOR_NAME, ["128"], feature_extractor_weights_path=str(weights))
+        ClassifierFeatureExtractor(EXTRACTOR_NAME, ["128"], feature_extractor_weights_path=str(weights))
 
 
 def test_missing_weights_or_checksum_file_is_a_user_error(tmp_path):
@@ -75,7 +80,7 @@ def test_missing_weights_or_checksum_file_is_a_user_error(tmp_path):
 
 def test_save_weights_round_trip_is_atomic_and_exact(tmp_path):
     torch.manual_seed(0)
-    model = MnistClassifier().eval()
+    model = Classifier().eval()
     path = tmp_path / "sub" / "net.pt"
     sha = save_weights(model, path)
     assert sorted(p.name for p in path.parent.iterdir()) == ["net.pt", "net.sha256"]  # no temp files left
@@ -86,9 +91,18 @@ def test_save_weights_round_trip_is_atomic_and_exact(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_each_network_has_its_own_registered_extractor_and_weights():
+    for spec in CLASSIFIERS.values():
+        assert FEATURE_EXTRACTORS_REGISTRY[spec.extractor] is ClassifierFeatureExtractor
+    fashion = ClassifierFeatureExtractor(CLASSIFIERS["fashion-mnist"].extractor, ["128"])
+    digits = ClassifierFeatureExtractor(EXTRACTOR_NAME, ["128"])
+    x = blobs(3, 4).expand(-1, 3, -1, -1)
+    assert not torch.equal(fashion(x)[0], digits(x)[0])  # each loads its own weights
+
+
 def test_extractor_is_registered_and_sees_grey_images():
-    assert FEATURE_EXTRACTORS_REGISTRY[EXTRACTOR_NAME] is MnistFeatureExtractor
-    extractor = MnistFeatureExtractor(EXTRACTOR_NAME, ["logits", "128"])
+    assert FEATURE_EXTRACTORS_REGISTRY[EXTRACTOR_NAME] is ClassifierFeatureExtractor
+    extractor = ClassifierFeatureExtractor(EXTRACTOR_NAME, ["logits", "128"])
     grey = blobs(5, 2)  # (5, 1, 28, 28)
     logits, feats = extractor(grey.expand(-1, 3, -1, -1))  # order of the requested features
     ref_feats, ref_logits = extractor.net(grey.float() / 255)
@@ -99,15 +113,6 @@ def test_extractor_is_registered_and_sees_grey_images():
     torch.testing.assert_close(single, feats, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="uint8"):
         extractor(grey.float().expand(-1, 3, -1, -1))
-
-
-def test_random_shift_moves_content_without_losing_it():
-    x = torch.zeros(64, 1, 28, 28)
-    x[:, :, 12:16, 12:16] = 1.0  # a centred square: any shift of <= 2 px keeps it inside
-    shifted = features._random_shift(x, 2, torch.Generator().manual_seed(0))
-    assert torch.equal(shifted.sum(dim=(1, 2, 3)), x.sum(dim=(1, 2, 3)))
-    rows = shifted.sum(dim=(1, 3)).argmax(dim=1)  # first lit row per image
-    assert rows.min() >= 10 and rows.max() <= 14 and len(rows.unique()) > 1
 
 
 def test_training_is_reproducible(tmp_path):
@@ -127,9 +132,60 @@ def test_training_is_reproducible(tmp_path):
 
 
 @pytest.mark.slow
-def test_committed_classifier_accuracy_on_mnist_test(mnist_dir):
-    from genbench.bench.data import load_mnist
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+def test_committed_classifier_accuracy(name, mnist_dir):
+    from genbench.bench.data import load_dataset
 
-    data = load_mnist(mnist_dir, download_missing=False)
-    accuracy = features.classifier_accuracy(load_classifier(), data.test, data.test_labels)
-    assert accuracy >= 0.993
+    spec = CLASSIFIERS[name]
+    data = load_dataset(name, mnist_dir, download_missing=False)
+    accuracy = features.classifier_accuracy(load_classifier(spec.weights_path), data.test, data.test_labels)
+    assert accuracy == pytest.approx(spec.trained_accuracy, abs=5e-4)  # as stated beside the weights
+
+
+def shift(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Every image moved k pixels right (zero fill)."""
+    out = torch.zeros_like(x)
+    out[..., k:] = x[..., :-k]
+    return out
+
+
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    import torchvision.transforms.functional as TF
+
+    blurred = TF.gaussian_blur(x.float(), kernel_size=2 * round(3 * sigma) + 1, sigma=sigma)
+    return blurred.round().clamp(0, 255).to(torch.uint8)
+
+
+def noise(x: torch.Tensor, std: float) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return (x.float() + std * torch.randn(x.shape, generator=g)).round().clamp(0, 255).to(torch.uint8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+def test_fid_rises_clearly_with_shift_blur_and_noise(name, mnist_dir):
+    # Test images, damaged, against themselves undamaged, beside the floor: what as many training
+    # images score against them. A network that had learned to ignore translation would let a
+    # generator misplace digits for free.
+    from genbench.bench.data import load_dataset
+    from genbench.metrics import fidelity
+    from genbench.metrics.base import subset_indices
+
+    data = load_dataset(name, mnist_dir, download_missing=False)
+    network = fidelity.resolve_network(name)
+
+    def fid(images, reference):
+        out = fidelity.run_torch_fidelity(
+            images, reference, network, fid=True, kid=False, prc=False, isc=False
+        )
+        return out["frechet_inception_distance"]
+
+    test = fidelity.reference_images(data.test, 1000, 0)
+    floor = fid(data.train[subset_indices(len(data.train), 1000, 0)], test)
+    for damage, strengths in ((shift, (1, 2, 4)), (blur, (0.5, 1.0, 2.0)), (noise, (16, 32, 64))):
+        scores = [fid(damage(test, s), test) for s in strengths]
+        assert all(b > 1.5 * a for a, b in itertools.pairwise(scores)), (damage.__name__, scores)
+        assert scores[-1] > 5 * floor, (damage.__name__, floor, scores)
+    # The issue's bar, on the whole test set: a 2-pixel shift costs at least 10 times the floor.
+    floor = fid(data.train[subset_indices(len(data.train), len(data.test), 0)], data.test)
+    assert fid(shift(data.test, 2), data.test) >= 10 * floor
