@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import resource
 import sys
 import threading
@@ -18,7 +19,8 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def device_name(device: torch.device) -> str:
+def hardware_name(device: torch.device) -> str:
+    """The processor a device is: the GPU's name, or the CPU's model name."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
@@ -28,7 +30,13 @@ def device_name(device: torch.device) -> str:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
         model = ""
-    return f"{model or 'CPU'} ({torch.get_num_threads()} threads)"
+    return model or platform.processor() or "CPU"
+
+
+def device_name(device: torch.device) -> str:
+    """The hardware, and on the CPU the intra-op threads torch uses now."""
+    name = hardware_name(device)
+    return name if device.type != "cpu" else f"{name} ({torch.get_num_threads()} threads)"
 
 
 def _current_rss_bytes() -> int | None:

@@ -58,8 +58,8 @@ SECTIONS: dict[str, str] = {
 KINDS: dict[str, str] = {
     "exact": "the NLL itself (exact on the stated dequantization)",
     "bound": "an upper bound on the NLL (a negative variational bound)",
-    "estimate": "a Monte-Carlo estimate with k samples, an upper bound on the NLL in expectation "
-    "that tightens as k grows",
+    "estimate": "a Monte-Carlo estimate of an upper bound on the NLL (importance-weighted with k "
+    "samples, or a bound summed over sampled terms): an upper bound in expectation, stderr stated",
 }
 KIND_MARKS: dict[str, str] = {"exact": "", "bound": "≤ ", "estimate": "≤ "}
 
@@ -71,7 +71,10 @@ PROTOCOL_LABELS: dict[str, str] = {
     "levels": "levels",
     "image_shape": "image shape",
     "device": "device",
+    "hardware": "hardware",
     "precision": "precision",
+    "time_budget_s": "time budget (s)",
+    "processes": "processes",
     "test_images": "test images",
     "test_subset": "test subset",
     "iwae_k": "IWAE k",

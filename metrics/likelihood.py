@@ -41,7 +41,7 @@ def _nll_values(
 def likelihood(ctx: EvalContext) -> dict[str, Value]:
     """Exact NLL (PixelCNN, RealNVP) or a negative variational bound (VAE, diffusion)."""
     nll = -ctx.per_image(ctx.model.log_prob, ctx.test_images())
-    return _nll_values(nll, ctx, NLL, BPD, ctx.model.likelihood, ctx.model.likelihood_estimator())
+    return _nll_values(nll, ctx, NLL, BPD, ctx.model.likelihood_kind(), ctx.model.likelihood_estimator())
 
 
 @register_metric("iwae", needs=("importance_weighted",), outputs=(IWAE_NLL, IWAE_BPD))
