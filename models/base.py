@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 import math
+import re
 from collections.abc import Callable
 from typing import ClassVar, Literal, Protocol
 
@@ -50,6 +52,9 @@ class TrainConfig:
     schedule: str = "constant"  # learning rate after warm-up: constant, or cosine decay to 0 at the end
     warmup_steps: int = 0  # linear learning-rate warm-up from 0
     ema_decay: float | None = None  # exponential moving average of the weights, used to evaluate
+    # Stop training at the first step boundary past this many seconds of the loop's wall time (an
+    # equal-compute budget); the steps it reached are recorded, and --max-steps of them repeats it.
+    time_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "val_images", "checkpoint_every", "log_every"):
@@ -73,6 +78,14 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be non-negative, got {self.warmup_steps}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+        if self.time_budget_s is not None and not (
+            math.isfinite(self.time_budget_s) and self.time_budget_s > 0
+        ):
+            raise ValueError(f"time_budget_s must be a positive number of seconds, got {self.time_budget_s}")
+        if self.time_budget_s is not None and self.schedule == "cosine":
+            # The decay is a function of the planned last step, which a budget cuts short: the same
+            # steps run with --max-steps would decay to 0 at another step, and not repeat the run.
+            raise ValueError("a time budget cannot end a cosine learning-rate schedule; use a constant one")
 
 
 # A profile is a factory so that every call returns fresh, independent configs.
@@ -217,6 +230,11 @@ class GenerativeModel(nn.Module, abc.ABC):
         """How ``log_prob`` is computed, for the protocol (e.g. "ELBO, one posterior sample")."""
         return "exact" if self.likelihood == "exact" else "variational bound"
 
+    def likelihood_kind(self) -> str | None:
+        """What ``log_prob``'s numbers are (``core.schema.KINDS``): the declared likelihood, or
+        "estimate" for a Monte-Carlo estimate of a bound (sampled terms of a sum)."""
+        return self.likelihood
+
     def iwae_log_prob(self, x: Tensor, k: int) -> Tensor:
         """Importance-weighted estimate with k samples; required when importance_weighted."""
         raise NotImplementedError(f"{self.name} has no importance-weighted estimate")
@@ -264,17 +282,26 @@ def check_image_spec(config) -> None:
 
 MODELS: dict[str, type[GenerativeModel]] = {}
 ALIASES: dict[str, str] = {}
+# Where each registered family comes from: "built-in", "entry point <distribution>" or "module:Class".
+ORIGINS: dict[str, str] = {}
+# Names end up in run ids (folder names) and in comma-separated --models lists.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-def register_model(name: str, aliases: tuple[str, ...] = ()):
-    """Class decorator: validate a family and add it to the registry under ``name`` (and aliases)."""
+def register_model(name: str, aliases: tuple[str, ...] = (), origin: str | None = None):
+    """Class decorator: validate a family and add it to the registry under ``name`` (and aliases).
+    ``origin`` defaults to "built-in" for genbench's own modules and to "module:Class" otherwise."""
 
     def decorate(cls: type[GenerativeModel]) -> type[GenerativeModel]:
         if not (isinstance(cls, type) and issubclass(cls, GenerativeModel)):
             raise TypeError(f"{cls!r} is not a GenerativeModel subclass")
         for key in (name, *aliases):
+            if not (isinstance(key, str) and MODEL_NAME.fullmatch(key)):
+                raise ValueError(f"model name {key!r} must be letters, digits, '_', '.' or '-'")
             if key in MODELS or key in ALIASES:
                 raise ValueError(f"model name {key!r} is already registered")
+        if inspect.isabstract(cls):
+            raise TypeError(f"{cls.__name__} does not implement {', '.join(sorted(cls.__abstractmethods__))}")
         if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
             raise TypeError(f"{cls.__name__}.Config must be a dataclass")
         missing = set(PROFILE_NAMES) - set(getattr(cls, "profiles", {}))
@@ -299,6 +326,8 @@ def register_model(name: str, aliases: tuple[str, ...] = ()):
         MODELS[name] = cls
         for alias in aliases:
             ALIASES[alias] = name
+        builtin = cls.__module__.startswith(f"{__package__}.")
+        ORIGINS[name] = origin or ("built-in" if builtin else f"{cls.__module__}:{cls.__qualname__}")
         return cls
 
     return decorate
@@ -310,9 +339,18 @@ def model_names() -> list[str]:
 
 
 def get_model_class(name: str) -> type[GenerativeModel]:
+    """The family registered as ``name`` (or alias). ``package.module:Class`` imports and registers a
+    family from outside genbench; a name not registered yet loads the entry-point plug-ins (once)."""
+    from genbench.models import plugins  # it imports this module
+
+    if plugins.is_spec(name):
+        name = plugins.load_spec(name)
+    if ALIASES.get(name, name) not in MODELS:
+        plugins.load_plugins()
     key = ALIASES.get(name, name)
     if key not in MODELS:
-        raise KeyError(f"unknown model {name!r}; choose from {', '.join(model_names())}")
+        failed = plugins.FAILURES.get(name)
+        raise KeyError(failed or f"unknown model {name!r}; choose from {', '.join(model_names())}")
     return MODELS[key]
 
 
