@@ -1,0 +1,59 @@
+"""Helpers of the tests/test_reliability_*.py files: `bench` in a subprocess, `bench run` in-process
+on MNIST loaded once per test process, and reading a run folder back."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from cli_utils import invoke
+
+# The cheapest real run: the smoke GAN (30 steps: fewer draw grey images that evaluation refuses),
+# the fewest samples FID with the mnist network takes (its 128 feature dimensions); --threads 1 on
+# the shared cores.
+FAST = ("--models", "gan", "--profile", "smoke", "--n-samples", "130", "--threads", "1")
+
+
+def bench_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "genbench.bench.cli", *map(str, args)]
+
+
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist(data_dir: str):
+    from genbench.bench.data import load_dataset
+
+    return load_dataset("mnist", data_dir, download_missing=False)
+
+
+def preload(mnist_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """`bench run` in this process reads MNIST from memory instead of from disk each time."""
+    from genbench.bench import run as runs
+
+    data = _mnist(str(mnist_dir))
+    monkeypatch.setattr(runs, "load_dataset", lambda *args, **kwargs: data)
+    return data
+
+
+def fast_run(out: Path, name: str, *extra):
+    """`bench run` of FAST in this process; returns (click result, run folder)."""
+    result = invoke("run", *FAST, "--out", out, "--name", name, "--no-progress", *extra)
+    return result, Path(out) / f"gan-smoke-s0-{name}"
+
+
+def status(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "status.json").read_text())
+
+
+def metric_values(run_dir: Path) -> dict:
+    """Every number of metrics.json but timings (which vary from run to run)."""
+    timing = {"train_images_per_s", "sample_images_per_s", "peak_memory_mb", "wall_time_s"}
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())["metrics"]
+    return {k: v["value"] for k, v in metrics.items() if v["column"] not in timing}
