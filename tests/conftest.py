@@ -13,6 +13,19 @@ from genbench.bench.data import MNIST, MNIST_FILES, raw_dir, resolve_data_dir
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config) -> None:
+    """Plug-in families named in GENBENCH_PLUGINS (comma-separated package.module:ClassName specs or
+    entry-point names) are registered before collection, so the tests parametrized over the
+    registry cover them:
+    GENBENCH_PLUGINS=mypkg.models:MyModel python -m pytest tests/test_contract.py -k mymodel"""
+    from genbench.models.plugins import ENV_VAR, PluginError, load_named
+
+    try:
+        load_named(os.environ.get(ENV_VAR, ""))
+    except PluginError as exc:
+        raise pytest.UsageError(f"{ENV_VAR}: {exc}") from None
+
+
 def real_data_dir() -> Path | None:
     """$GENBENCH_DATA, else ../shared/data beside the checkout, when it holds the MNIST files."""
     for candidate in (os.environ.get("GENBENCH_DATA"), REPO.parent / "shared" / "data", resolve_data_dir()):

@@ -1,0 +1,271 @@
+"""``bench eval --samples`` and ``genbench.score_samples``: samples of a generator genbench did not
+train (read and checked by ``bench.sample_files``), scored by the sample-quality metrics of a
+profile's protocol beside the real-data floor for the same count.
+
+``bench eval --samples`` writes ``<results>/ext-<name>-<time>/`` (config.json, status.json,
+metrics.json, samples.png) and the floors to ``<results>/floors/`` when missing. Its metrics.json
+has "model": the name, "seed": null, "source": {"kind": "external", "path", "sha256", "count",
+"format"} and a protocol block with "evaluation": ``EXTERNAL`` and no likelihood fields; every
+metric that needs more than samples is n/a. Every check runs before anything is computed, and the
+folder appears whole (written under a hidden name, then renamed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from genbench.bench import results
+from genbench.bench.data import get_dataset_spec, load_dataset
+from genbench.bench.device import resolve_device
+from genbench.bench.evaluate import protocol_block
+from genbench.bench.run import UsageError
+from genbench.bench.sample_files import Samples, as_nchw, check_images, read_samples
+from genbench.bench.scoring import EvalRequest, check_networks, eval_config, stamp
+from genbench.core import files
+from genbench.core.errors import UserError
+from genbench.core.schema import SCHEMA_VERSION, Value, entry
+from genbench.metrics import METRICS, EvalContext
+from genbench.metrics.base import EVAL_PROFILES, EvalConfig
+from genbench.metrics.fidelity import compute_floors, floors_path, resolve_network, write_floors
+
+EXTERNAL = "external samples"
+LIKELIHOOD_FIELDS = ("precision", "test_images", "test_subset", "iwae_k", "iwae_images")
+NOT_MEASURED = "external samples: only sample quality is measured"
+DEFAULT_PROFILE = "quick"  # up to 1000 samples, through the dataset's own network
+SEED = 0  # torch-fidelity's KID subsets, and the floors' random training images
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """External samples scored: metrics.json's content and the real-data floors at the same count."""
+
+    doc: dict[str, Any]
+    floors: dict[str, dict[str, Any]]  # feature network -> its floors document
+    config: EvalConfig
+    images: Tensor  # the uint8 (n, C, H, W) images scored
+    notes: tuple[str, ...]  # for the user, one line each
+
+
+def _as_samples(images_or_path: Any, key: str | None) -> Samples:
+    if isinstance(images_or_path, (str, os.PathLike)):
+        return read_samples(Path(images_or_path), key)
+    if isinstance(images_or_path, Tensor):
+        array = images_or_path.detach().cpu()
+    else:
+        array = torch.from_numpy(np.ascontiguousarray(images_or_path))
+    images, notes = as_nchw(array, Path("<array>"))
+    digest = hashlib.sha256(images.numpy().tobytes()).hexdigest()
+    source = {"kind": "external", "path": None, "sha256": digest, "count": len(images), "format": "array"}
+    return Samples(images, source, tuple(notes))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalGenerator:
+    """Stands in for the model where there is none: all a sample-quality metric may read of it."""
+
+    name: str
+    image_shape: tuple[int, int, int]
+    levels: int
+
+
+def external_entries(
+    generator: ExternalGenerator, images: Tensor, data, config: EvalConfig, device: torch.device, cache_dir
+) -> dict:
+    """metrics.json entries for samples without a model: every registered sample-quality metric
+    (needs nothing but samples, outputs only in the quality section) on ``images``; n/a the rest."""
+    ctx = EvalContext(
+        model=generator, data=data, config=config, device=device, seed=SEED, cache_dir=cache_dir,
+        _samples={None: images},
+    )  # fmt: skip
+    entries = {}
+    for metric in METRICS.values():
+        quality = metric.needs == {"samples"} and all(o.section == "quality" for o in metric.outputs)
+        torch.manual_seed(SEED)
+        values = (
+            metric.compute(ctx) if quality else {o.key: Value(None, na=NOT_MEASURED) for o in metric.outputs}
+        )
+        for output in metric.outputs:
+            entries[output.key] = entry(output, values[output.key])
+    return entries
+
+
+def score(
+    images_or_path: Any,
+    *,
+    name: str = "samples",
+    key: str | None = None,
+    dataset: str = "mnist",
+    profile: str = DEFAULT_PROFILE,
+    n_samples: int | None = None,
+    networks: tuple[str, ...] = (),
+    allow_few_samples: bool = False,
+    inception_weights: Path | None = None,
+    device: str = "auto",
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    floors_dir: Path | None = None,
+    data=None,
+) -> Scored:
+    """Score samples (a path, or an array/tensor of images) under ``profile``'s protocol: the first
+    ``n_samples`` (default: all, at most the profile's count). With ``floors_dir`` (a results
+    folder) the floors are read from its floors/ when there, else computed and written there."""
+    samples = _as_samples(images_or_path, key)
+    spec = get_dataset_spec(dataset)
+    images = check_images(samples, spec.image_shape, spec.levels, dataset)
+    if profile not in EVAL_PROFILES:
+        raise UsageError(f"unknown profile {profile!r}; choose from {', '.join(EVAL_PROFILES)}")
+    n = n_samples or min(len(images), EVAL_PROFILES[profile].n_samples)
+    if n > len(images):
+        where = samples.source["path"] or "the array"
+        raise UserError(f"{where} holds {len(images)} images; --n-samples {n} needs at least that many")
+    config = eval_config(
+        EVAL_PROFILES[profile], dataset, profile, networks, allow_few_samples, inception_weights, n_samples=n
+    )
+    check_networks(config, n)
+    device_ = resolve_device(device)
+    data = data if data is not None else load_dataset(dataset, data_dir, device=device_)
+    floors, notes = {}, list(samples.notes)
+    for net in config.feature_networks:
+        n_floor = min(n, len(data.train), len(data.test))  # as compute_floors counts
+        path = floors_path(floors_dir, dataset, net, n_floor) if floors_dir is not None else None
+        if path is not None and path.is_file():
+            written = files.read_json(path, "delete it; it is re-created")
+            if written.get("sha256") == resolve_network(net, config.inception_weights).sha256:
+                floors[net] = written
+                continue  # else computed by weights that have changed since: computed again
+        floors[net] = compute_floors(  # the feature networks read 8-bit pixels: binarized 0/1 as 0/255
+            data.at_8bit(), net, n, cache_dir, device_, SEED, subset_seed=config.subset_seed,
+            inception_weights=config.inception_weights, allow_few_samples=config.allow_few_samples,
+        )  # fmt: skip
+        if floors_dir is not None:
+            notes.append(f"wrote the real-data floor {write_floors(floors_dir, floors[net])}")
+    generator = ExternalGenerator(name, spec.image_shape, spec.levels)
+    entries = external_entries(generator, images[:n], data, config, device_, cache_dir)
+    block = protocol_block(data, config, profile, device_, None)
+    protocol = {k: v for k, v in block.items() if k not in LIKELIHOOD_FIELDS} | {"evaluation": EXTERNAL}
+    doc = {
+        "schema": SCHEMA_VERSION,
+        "run_id": None,  # the result folder's name, once written
+        "model": name,
+        "seed": None,
+        "protocol": protocol,
+        "model_protocol": {"sample_modes": {"default": ""}, "likelihood": None, "likelihood_estimator": None},
+        "source": samples.source,
+        "metrics": entries,
+    }
+    return Scored(doc, floors, config, images[:n], tuple(notes))
+
+
+def default_name(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path).stem).strip("-.") or "samples"
+
+
+def score_external(request: EvalRequest, echo: Callable[..., None], data=None) -> tuple[Scored, Path]:
+    """``bench eval --samples``: score, then write ``<results>/ext-<name>-<time>/`` whole."""
+    out = request.results or Path("results")
+    name = request.name or default_name(request.samples)
+    out_dir = out / f"ext-{name}-{stamp()}"
+    if out_dir.exists():
+        raise UserError(f"{out_dir} exists; pick another --name")
+    scored = score(
+        request.samples, name=name, key=request.key, dataset=request.dataset or "mnist",
+        profile=request.profile or DEFAULT_PROFILE, n_samples=request.n_samples, networks=request.networks,
+        allow_few_samples=request.allow_few_samples, inception_weights=request.inception_weights,
+        device=request.device, data_dir=request.data_dir, cache_dir=request.cache_dir or out / ".cache",
+        floors_dir=out, data=data,
+    )  # fmt: skip
+    for note in scored.notes:
+        echo(f"note: {note}", err=True)
+    doc = dict(scored.doc, run_id=out_dir.name)
+    protocol = doc["protocol"]
+    config = {
+        "run_id": out_dir.name,
+        "model": name,
+        "source": doc["source"],
+        "dataset": protocol["dataset"],
+        "profile": protocol["profile"],
+        "eval_config": scored.config,
+        "device": protocol["device"],
+        "created": results.now_iso(),
+        "git_commit": results.git_commit(),
+        "versions": results.versions(),
+        "command": sys.argv,
+    }
+    # Written under a hidden name, then renamed: no reader ever sees a folder without its metrics.
+    staging = out / f".{out_dir.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        staging.mkdir(parents=True)
+        files.write_json(staging / "config.json", config)
+        files.write_json(staging / "metrics.json", doc)
+        levels = get_dataset_spec(protocol["dataset"]).levels
+        files.save_image_grid(staging / "samples.png", scored.images[:64], levels=levels)
+        results.set_status(staging, "done")
+        os.rename(staging, out_dir)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(
+            f"cannot write {out_dir} ({exc.strerror or exc}); pass --results to a writable folder"
+        ) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dataclasses.replace(scored, doc=doc), out_dir
+
+
+def quality_line(doc: dict[str, Any], floors: dict[str, dict[str, Any]]) -> str:
+    """One line: each sample-quality number with the real-data floor of the same count beside it."""
+    parts = []
+    for key, e in doc["metrics"].items():
+        if e["section"] != "quality" or e["value"] is None:
+            continue
+        floor_doc = floors.get(e["protocol"].get("feature_network"), {})
+        floor = floor_doc.get("metrics", {}).get(e.get("floor") or key, {}).get("value")
+        parts.append(
+            f"{e['label']} {e['value']:.4g}" + (f" (floor {floor:.4g})" if floor is not None else "")
+        )
+    p = doc["protocol"]
+    return (
+        f"{doc['run_id'] or doc['model']}: "
+        + " | ".join(parts)
+        + f" [n_samples={p['n_samples']}, {p['device']}]"
+    )
+
+
+def score_samples(
+    images_or_path: Any,
+    *,
+    dataset: str = "mnist",
+    profile: str = DEFAULT_PROFILE,
+    n_samples: int | None = None,
+    networks: tuple[str, ...] = (),
+    key: str | None = None,
+    allow_few_samples: bool = False,
+    inception_weights: Path | None = None,
+    device: str = "auto",
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    """``genbench.score_samples``: the sample-quality metrics of images from any generator under a
+    profile's protocol, as ``bench eval --samples`` computes them, writing nothing. ``images_or_path``:
+    a .npz/.npy/.pt file or a folder of .png files, or a uint8 array/tensor (N, C, H, W), (N, H, W)
+    or (N, H, W, C). Returns metrics.json's content ("metrics": key -> entry with "value", "label",
+    "protocol"...) plus "floors": feature network -> the real-data floors document at the same count."""
+    scored = score(
+        images_or_path, key=key, dataset=dataset, profile=profile, n_samples=n_samples, networks=networks,
+        allow_few_samples=allow_few_samples, inception_weights=inception_weights, device=device,
+        data_dir=data_dir, cache_dir=cache_dir,
+    )  # fmt: skip
+    return {**scored.doc, "floors": scored.floors}

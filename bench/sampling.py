@@ -1,0 +1,122 @@
+"""A trained run's model, loaded for use (its evaluation weights, no identity check), and
+``bench sample``: N samples of it, drawn with its own sampler, written to a .npz or a PNG grid.
+``bench eval`` loads runs through ``load_run`` too."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from genbench.bench.checkpoint import load_weights
+from genbench.bench.device import resolve_device
+from genbench.bench.run import CHECKPOINT, RunPlan, UsageError, read_run
+from genbench.bench.sample_files import output_format, write_samples
+from genbench.core import files
+from genbench.core.errors import UserError
+from genbench.metrics.base import sample_batch
+from genbench.models.base import GenerativeModel, get_model_class
+from genbench.models.plugins import is_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedRun:
+    run_dir: Path
+    config: dict[str, Any]  # config.json
+    plan: RunPlan
+    model: GenerativeModel  # in eval mode on the device, holding the weights the run was evaluated with
+    state: dict[str, Any]  # the checkpoint's loop state (step, timing, peak memory, finished)
+    checkpoint: Path
+
+
+def read_checked(run_dir: Path) -> tuple[dict[str, Any], RunPlan]:
+    """``read_run``, after naming two cases it would call a broken config.json: a re-evaluation
+    folder, and a run of a family that is not available here (a plug-in not installed)."""
+    path = run_dir / "config.json"
+    config = files.read_json(path) if path.is_file() else None
+    if isinstance(config, dict) and isinstance(config.get("model"), str):
+        _check_family(run_dir, config)
+    return read_run(run_dir)
+
+
+def _check_family(run_dir: Path, config: dict[str, Any]) -> None:
+    if isinstance(config.get("source"), dict) and config["source"].get("kind") == "external":
+        raise UserError(f"{run_dir} holds the scores of external samples (bench eval --samples), not a run")
+    if config.get("evaluation_of"):
+        original = run_dir.parent / str(config["evaluation_of"])
+        raise UserError(f"{run_dir} is a re-evaluation (bench eval) of {original}; pass that run folder")
+    origin = config.get("model_origin")
+    try:
+        get_model_class(origin if is_spec(origin) else config["model"])
+    except KeyError as exc:
+        raise UserError(
+            f"{run_dir} is a run of model family {config['model']!r} ({origin or 'origin unknown'}), which "
+            f"is not available here: {exc.args[0]}"
+        ) from None
+
+
+def load_run(run_dir: Path, device: torch.device, model_config: Any = None) -> LoadedRun:
+    """The run's model with its checkpoint's evaluation weights (EMA where the run kept them), built
+    from ``model_config`` when given (the run's own with, e.g., another sampler step count)."""
+    run_dir = Path(run_dir)
+    config, plan = read_checked(run_dir)
+    checkpoint = run_dir / CHECKPOINT
+    model = get_model_class(plan.model)(model_config or plan.model_config).to(device)
+    try:
+        state = load_weights(checkpoint, model)
+    except (RuntimeError, KeyError, TypeError) as exc:  # load_state_dict: missing, unexpected, mis-shaped
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"checkpoint {checkpoint} does not fit {plan.model}'s config ({reason})") from None
+    model.eval()
+    return LoadedRun(run_dir, config, plan, model, state, checkpoint)
+
+
+def check_mode(model: GenerativeModel, mode: str | None) -> str:
+    """The sample mode to use: ``mode``, or the model's default (its first)."""
+    modes = model.sample_modes()
+    if mode is None:
+        return next(iter(modes))
+    if mode not in modes:
+        raise UsageError(f"--mode {mode}: {model.name} samples with {', '.join(modes)}")
+    return mode
+
+
+def draw(
+    model: GenerativeModel, n: int, mode: str, seed: int, batch_size: int, progress: bool = True
+) -> Tensor:
+    """n samples, uint8 (n, C, H, W) on the CPU, batch i from a generator seeded by (seed, i) (as
+    the evaluation draws them: ``metrics.base.sample_batch``)."""
+    chunks = []
+    with tqdm(total=n, unit="img", disable=not progress, leave=False) as bar:
+        for index, start in enumerate(range(0, n, batch_size)):
+            size = min(batch_size, n - start)
+            chunks.append(sample_batch(model, index, size, seed, mode, model.device))  # (size, C, H, W)
+            bar.update(size)
+    return torch.cat(chunks)
+
+
+def sample_run(
+    run_dir: Path,
+    n: int,
+    out: Path,
+    mode: str | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> str:
+    """Write n samples of a run to ``out`` (.npz with "images", or a PNG grid); returns one line
+    saying what was written. The seed defaults to the run's, the batch size to its evaluation's."""
+    output_format(out, n)  # a bad --out fails before the model is loaded
+    loaded = load_run(run_dir, resolve_device(device))
+    mode = check_mode(loaded.model, mode)
+    seed = loaded.plan.seed if seed is None else seed
+    images = draw(loaded.model, n, mode, seed, batch_size or loaded.plan.eval_config.batch_size, progress)
+    write_samples(out, images, loaded.model.levels)
+    described = loaded.model.sample_modes()[mode]
+    how = f"step {loaded.state.get('step')}, mode {mode}" + (f": {described}" if described else "")
+    return f"{n} samples of {loaded.run_dir.name} ({how}, seed {seed}) -> {out}"

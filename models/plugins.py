@@ -1,0 +1,144 @@
+"""Model families from outside genbench: plug-ins.
+
+Two ways in, both validated by ``register_model`` exactly like the built-in families:
+
+* An installed distribution declares an entry point in the group ``genbench.models``, either
+  ``tiny = tinypkg.model:TinyModel`` (the class, registered under the entry point's name unless it
+  registered itself on import) or ``tiny = tinypkg.model`` (a module that registers its families
+  with ``@register_model`` when imported). Entry points are loaded lazily, once, the first time the
+  registry is asked for a name it does not hold (``get_model_class``) or the CLI lists the families.
+  One broken plug-in is skipped with a warning (``FAILURES`` says why) so that it cannot break the
+  others; naming it explicitly is an error that says why.
+* ``--models package.module:ClassName`` (or ``get_model_class`` with that spec) imports the module
+  and registers the class under its own ``name`` attribute, else its class name lowercased.
+
+To run the contract tests against a plug-in, load it before collection:
+``GENBENCH_PLUGINS=tinypkg.model:TinyModel python -m pytest tests/test_contract.py -k tinymodel``
+(``GENBENCH_PLUGINS`` takes comma-separated ``module:Class`` specs or entry-point names).
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+import warnings
+from importlib import metadata
+
+from genbench.core.errors import UserError
+from genbench.models.base import MODELS, ORIGINS, GenerativeModel, register_model
+
+GROUP = "genbench.models"
+ENV_VAR = "GENBENCH_PLUGINS"
+
+FAILURES: dict[str, str] = {}  # entry-point name -> why it was skipped (one line)
+_loaded = False
+
+
+class PluginError(UserError):
+    """A plug-in family that cannot be imported or is not a valid GenerativeModel."""
+
+
+class PluginWarning(UserWarning):
+    """An entry-point plug-in was skipped; the others still load."""
+
+
+def is_spec(name: object) -> bool:
+    """Whether ``name`` names a class by ``package.module:ClassName`` rather than a registered name."""
+    return isinstance(name, str) and ":" in name
+
+
+def _problem(exc: BaseException) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _registered_name(cls: object) -> str | None:
+    return next((name for name, registered in MODELS.items() if registered is cls), None)
+
+
+def _register_class(obj: object, name: str, origin: str, what: str) -> str:
+    """Register ``obj`` as a family (or find it registered already); returns its registry name."""
+    existing = _registered_name(obj)
+    if existing is not None:
+        return existing
+    if not (isinstance(obj, type) and issubclass(obj, GenerativeModel)):
+        raise PluginError(f"{what} is not a GenerativeModel subclass (it is {obj!r})")
+    try:
+        register_model(name, origin=origin)(obj)
+    except (TypeError, ValueError) as exc:
+        raise PluginError(f"{what} is not a valid model family: {exc}") from None
+    return name
+
+
+def load_spec(spec: str) -> str:
+    """Import ``package.module:ClassName`` and register the class under its ``name`` attribute (its
+    own, not an inherited one), else its class name lowercased. Returns the registry name; loading
+    the same spec again returns the same name."""
+    module_name, _, attr = spec.partition(":")
+    what = f"model family {spec!r}"
+    if not module_name or not attr or not all(p.isidentifier() for p in (*module_name.split("."), attr)):
+        raise PluginError(f"{what}: expected package.module:ClassName, e.g. mypkg.models:MyModel")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any failure inside someone else's module is one line for the user
+        raise PluginError(f"{what}: cannot import {module_name} ({_problem(exc)})") from None
+    if not hasattr(module, attr):
+        raise PluginError(f"{what}: module {module_name} has no attribute {attr!r}")
+    cls = getattr(module, attr)
+    own_name = cls.__dict__.get("name") if isinstance(cls, type) else None
+    return _register_class(cls, own_name or attr.lower(), spec, what)
+
+
+def _load_entry_point(entry_point: metadata.EntryPoint) -> list[str]:
+    dist = entry_point.dist.name if entry_point.dist is not None else "unknown distribution"
+    what = f"plug-in entry point {entry_point.name!r} ({entry_point.value}, from {dist})"
+    origin = f"entry point {dist}"
+    before = set(MODELS)
+    try:
+        obj = entry_point.load()
+    except Exception as exc:  # a broken plug-in must not break genbench: the caller skips it
+        raise PluginError(f"{what} failed to load: {_problem(exc)}") from None
+    if isinstance(obj, types.ModuleType):
+        # A module that registers its families on import (perhaps imported earlier by a spec).
+        names = [n for n, cls in MODELS.items() if n not in before or cls.__module__ == obj.__name__]
+        if not names:
+            raise PluginError(f"{what}: module {obj.__name__} registered no model family (@register_model)")
+    else:
+        names = [_register_class(obj, entry_point.name, origin, what)]
+    for name in names:
+        ORIGINS[name] = origin
+    return names
+
+
+def load_plugins() -> dict[str, str]:
+    """Load every entry point of the group ``genbench.models``, once per process. A plug-in that
+    fails is skipped with a PluginWarning; returns the failures (entry-point name -> reason)."""
+    global _loaded
+    if _loaded:
+        return FAILURES
+    _loaded = True
+    for entry_point in metadata.entry_points(group=GROUP):
+        try:
+            _load_entry_point(entry_point)
+        except PluginError as exc:
+            FAILURES[entry_point.name] = str(exc)
+            warnings.warn(f"skipped {exc}", PluginWarning, stacklevel=2)
+    return FAILURES
+
+
+def resolve(name: str) -> str:
+    """The registry name behind a --models value: a registered name or alias, an entry-point
+    plug-in's name, or a ``module:Class`` spec (imported and registered). A PluginError naming the
+    problem otherwise (a broken plug-in named explicitly, or an unknown name)."""
+    from genbench.models.base import get_model_class
+
+    try:
+        return get_model_class(name).name
+    except KeyError as exc:
+        raise PluginError(exc.args[0]) from None
+
+
+def load_named(text: str) -> list[str]:
+    """The plug-ins named by comma-separated specs or entry-point names (``GENBENCH_PLUGINS``),
+    loaded; returns their registry names."""
+    return [resolve(item.strip()) for item in text.split(",") if item.strip()]
