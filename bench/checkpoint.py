@@ -4,6 +4,11 @@ A checkpoint holds the model, the optimizers, the EMA weights, the loop's state 
 position in the epoch, history, timing) and the RNG states of the CPU and of the training device
 only (a run resumed on a machine with fewer GPUs must still load it). It is written through the
 suite's atomic writer and read with ``weights_only=True``, so loading it cannot run code.
+
+In a data-parallel run rank 0 writes it (every rank holds the same weights, optimizer states and
+loop state; batch-updated buffers are rank 0's, as validation uses them) and every rank loads it;
+training noise is reseeded per step and rank (``bench.distributed.seed_step``), so rank 0's RNG
+states are all a resume needs, with any number of processes.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class LoopState:
     validated_epoch: int = -1  # last epoch whose end-of-epoch validation ran
     peak_memory_mb: float | None = None  # the highest peak of any session that trained
     finished: bool = False  # training complete: a resume goes straight to evaluation
+    budget_stop_s: float | None = None  # the loop's wall time when the time budget ended training
 
 
 def _device_rng(device: torch.device) -> torch.Tensor | None:

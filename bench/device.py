@@ -46,6 +46,21 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+@contextlib.contextmanager
+def exact_fp32():
+    """fp32 matmuls and convolutions in full precision within the block (no TF32), the previous
+    settings restored after. CUDA runs convolutions in TF32 by default (cudnn.allow_tf32 is True),
+    a 10-bit mantissa, which evaluation must not inherit: it is always fp32."""
+    matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
 def prepare_model(
     model: GenerativeModel, device: torch.device, compile: bool = False, compile_backend: str = "inductor"
 ) -> GenerativeModel:

@@ -2,7 +2,9 @@
 run's TrainConfig: the loop owns them, so no model re-implements its own step for them.
 
 A model's ``train_step`` calls ``Optimizers.step(group, loss)`` once per parameter group it
-updates (the GAN twice: "d", then "g"); the loop calls ``end_step`` after the model's step.
+updates (the GAN twice: "d", then "g"). In a data-parallel run that step is where gradients are
+averaged across ranks, before clipping, so every rank clips and steps the same global gradient
+(``genbench.bench.distributed``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from genbench.bench.distributed import average_gradients
 from genbench.models.base import GenerativeModel, TrainConfig
 
 
@@ -53,10 +56,11 @@ class Optimizers:
                 group["lr"] = lr
 
     def step(self, group: str, loss: Tensor) -> None:
-        """Zero the group's gradients, back-propagate, clip, step."""
+        """Zero the group's gradients, back-propagate, average them across ranks, clip, step."""
         optimizer = self.optimizers[group]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.groups[group])
         if self.cfg.grad_clip is not None:
             self.grad_norms[f"grad_norm_{group}"] = nn.utils.clip_grad_norm_(
                 self.groups[group], self.cfg.grad_clip
