@@ -4,16 +4,38 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from pathlib import Path
 
 import click
 
-from genbench.core.errors import UserError
-from genbench.models.base import ALIASES, MODELS, PROFILE_NAMES, model_names
+try:  # importing torch takes seconds: a Ctrl-C then has nothing to clean up and no traceback to show
+    from genbench.bench import cli_tools
+    from genbench.bench.cli_options import (
+        DATASET_NAMES,
+        _given,
+        _load_plugins,
+        _parse_models,
+        _parse_name,
+        _parse_seeds,
+        cache_dir_option,
+        data_dir_option,
+        dataset_option,
+        device_option,
+        fidelity_options,
+    )
+    from genbench.bench.results import check_writable_folder
+    from genbench.core.errors import UserError
+    from genbench.models.base import ALIASES, MODELS, PROFILE_NAMES, model_names
+except KeyboardInterrupt:
+    print("bench: interrupted while starting", file=sys.stderr)
+    raise SystemExit(130) from None
 
 
 class _Group(click.Group):
-    """Turns a UserError into click's one-line error (exit 1) unless --debug."""
+    """Turns a UserError into click's one-line error (exit 1; TrainingInterrupted 130) and a Ctrl-C
+    or SIGTERM anywhere else into one line with exit 130, unless --debug."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -23,6 +45,12 @@ class _Group(click.Group):
                 raise
             error = click.ClickException(str(exc))
             error.exit_code = getattr(exc, "exit_code", 1)
+            raise error from None
+        except KeyboardInterrupt as exc:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            error = click.ClickException(f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})")
+            error.exit_code = 130  # the shell's convention for a SIGINT
             raise error from None
 
 
@@ -34,82 +62,13 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-def _options(*decorators):
-    """Several click options as one decorator, so an option shared by commands is declared once."""
-
-    def apply(command):
-        for decorator in reversed(decorators):
-            command = decorator(command)
-        return command
-
-    return apply
-
-
-data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Folder holding MNIST/raw/ (else $GENBENCH_DATA, else ./data; downloaded when missing).",
-)
-device_option = click.option("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps", help="Device.")
-cache_dir_option = click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Cache for real-data feature statistics.  [default: OUT/.cache]",
-)
-fidelity_options = _options(
-    click.option(
-        "--allow-few-samples",
-        is_flag=True,
-        help="Compute FID even with fewer samples than the feature dimension (rank-deficient covariance).",
-    ),
-    click.option(
-        "--inception-weights",
-        type=click.Path(dir_okay=False, exists=True, path_type=Path),
-        default=None,
-        envvar="GENBENCH_INCEPTION_WEIGHTS",
-        help="torch-fidelity's Inception weights file (gives IS); else the offline port (no IS).",
-    ),
-)
-
-
-def _parse_models(ctx, param, value: str | None) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    names = tuple(v.strip() for v in value.split(",") if v.strip())
-    unknown = [n for n in names if n not in MODELS and n not in ALIASES]
-    if unknown or not names:
-        raise click.BadParameter(
-            f"unknown model {', '.join(unknown) or repr(value)}; choose from "
-            f"{', '.join(model_names())} (comma-separated)"
-        )
-    canonical = [ALIASES.get(n, n) for n in names]
-    return tuple(dict.fromkeys(canonical))  # "flow,realnvp" is one model
-
-
-def _parse_seeds(ctx, param, value: str | None) -> tuple[int, ...]:
-    if value is None:
-        return ()
-    try:
-        seeds = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 0,1,2") from None
-    if not seeds or any(s < 0 for s in seeds):
-        raise click.BadParameter(f"{value!r}: seeds are non-negative integers, e.g. 0,1,2")
-    return tuple(dict.fromkeys(seeds))
-
-
-def _given(**values) -> dict:
-    return {k: v for k, v in values.items() if v is not None and v is not False}
-
-
 @cli.command()
 @click.option(
     "--models",
     callback=_parse_models,
     metavar="NAMES",
-    help=f"Comma-separated model names: {', '.join(model_names())}.",
+    help=f"Comma-separated model names: {', '.join(model_names())}, a plug-in's (bench list), "
+    "or package.module:ClassName.",
 )
 @click.option(
     "--profile",
@@ -124,6 +83,7 @@ def _given(**values) -> dict:
     default=Path("results"),
     help="Folder for run folders.",
 )
+@dataset_option
 @data_dir_option
 @device_option
 @click.option(
@@ -146,13 +106,33 @@ def _given(**values) -> dict:
 )
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
 @click.option(
+    "--time-budget",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Stop each run's training at the first step past this wall time (an equal-compute budget); "
+    "the steps reached are recorded, and --max-steps of them repeats the run.",
+)
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Train each run data-parallel on this many processes (one GPU each; gloo on the CPU), "
+    "through torchrun. --batch-size stays the global batch.",
+)
+@click.option(
     "--n-samples",
     type=click.IntRange(min=1),
     default=None,
     help="Override the number of generated samples for sample-quality metrics.",
 )
 @click.option("--iwae-k", type=click.IntRange(min=1), default=None, help="Override the IWAE sample count k.")
-@click.option("--name", default=None, help="Run-id suffix instead of a timestamp.")
+@click.option(
+    "--name",
+    default=None,
+    callback=_parse_name,
+    help="Run-id suffix instead of a timestamp (letters, digits, ._-).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder of the same id.")
 @click.option(
     "--resume",
@@ -160,6 +140,11 @@ def _given(**values) -> dict:
     default=None,
     metavar="RUN_DIR",
     help="Continue a stopped run from its last checkpoint.",
+)
+@click.option(
+    "--reevaluate",
+    is_flag=True,
+    help="With --resume of a done run: evaluate it again (rewrites metrics.json).",
 )
 @cache_dir_option
 @fidelity_options
@@ -170,6 +155,7 @@ def run(
     profile,
     seeds,
     out,
+    dataset,
     data_dir,
     device,
     precision,
@@ -179,11 +165,14 @@ def run(
     batch_size,
     lr,
     max_steps,
+    time_budget,
+    nproc,
     n_samples,
     iwae_k,
     name,
     overwrite,
     resume,
+    reevaluate,
     cache_dir,
     allow_few_samples,
     inception_weights,
@@ -199,11 +188,14 @@ def run(
         seeds=seeds,
         out=out,
         data_dir=data_dir,
+        dataset=dataset,
         device=device,
         precision=precision,
         compile=compile_,
         threads=threads,
-        train_overrides=_given(epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps),
+        train_overrides=_given(
+            epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps, time_budget_s=time_budget
+        ),
         eval_overrides=_given(
             n_samples=n_samples,
             iwae_k=iwae_k,
@@ -213,11 +205,22 @@ def run(
         name=name,
         overwrite=overwrite,
         resume=resume,
+        reevaluate=reevaluate,
         cache_dir=cache_dir,
         progress=progress,
         dry_run=dry_run,
+        nproc=nproc,
     )
     runs.run_all(request, echo=click.echo)
+
+
+@cli.command("run-worker", hidden=True)
+def run_worker() -> None:
+    """One rank of `bench run --nproc N`: torchrun starts it with the parsed request in the environment."""
+    from genbench.bench import run as runs
+
+    _load_plugins()
+    runs.run_all(runs.request_from_environment(), echo=click.echo)
 
 
 @cli.command()
@@ -250,10 +253,14 @@ def run(
     "--data-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="MNIST, for the nearest-neighbour panel (skipped when not found; never downloads).",
+    help="Training data for the nearest-neighbour panel (skipped when not found; never downloads).",
 )
-def report(results_dir, out, formats, models, profile, since, run_ids, include_unfinished, data_dir) -> None:
-    """Tables (md/csv/latex/html), figures and results/report/index.html from finished runs."""
+@click.option("--figures/--no-figures", default=True, help="Draw the figures (the slow part of a report).")
+def report(
+    results_dir, out, formats, models, profile, since, run_ids, include_unfinished, data_dir, figures
+) -> None:
+    """Tables (md/csv/latex/html), figures and results/report/index.html from finished runs. Run folders
+    that cannot be read are skipped with a note on stderr."""
     from genbench.bench import report as reports
 
     chosen = tuple(f.strip() for f in formats.split(",") if f.strip())
@@ -263,6 +270,7 @@ def report(results_dir, out, formats, models, profile, since, run_ids, include_u
             f"unknown format {', '.join(unknown)}; choose from {', '.join(reports.FORMATS)}",
             param_hint="--format",
         )
+    check_writable_folder(out or results_dir / "report", "--out")
     result = reports.make_report(
         results_dir,
         out,
@@ -273,6 +281,7 @@ def report(results_dir, out, formats, models, profile, since, run_ids, include_u
         tuple(r for r in run_ids.split(",") if r),
         include_unfinished,
         data_dir,
+        figures,
     )
     click.echo(result.markdown)
     if result.n_skipped:
@@ -284,98 +293,14 @@ def report(results_dir, out, formats, models, profile, since, run_ids, include_u
     click.echo(f"wrote {len(result.written)} files; open {result.out_dir / 'index.html'}", err=True)
 
 
-@cli.command()
-@click.option(
-    "--network",
-    "networks",
-    type=click.Choice(["mnist", "inception"]),
-    multiple=True,
-    default=("mnist",),
-    help="Feature network (repeatable).",
-)
-@click.option(
-    "--n-samples",
-    "counts",
-    type=click.IntRange(min=10),
-    multiple=True,
-    default=(1000, 10_000),
-    help="Images per side (repeatable); match the profile's sample count to compare.",
-)
-@click.option(
-    "--results",
-    "results_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("results"),
-    help="Floors go to RESULTS/floors/.",
-)
-@data_dir_option
-@device_option
-@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the random training images.")
-@cache_dir_option
-@fidelity_options
-def floors(
-    networks, counts, results_dir, data_dir, device, seed, cache_dir, allow_few_samples, inception_weights
-) -> None:
-    """Real-data floors: FID/KID/PR of train vs test and IS of the test set, per network and count."""
-    from genbench.bench.data import load_mnist
-    from genbench.bench.device import resolve_device
-    from genbench.metrics import fidelity
-
-    device_ = resolve_device(device)
-    data = load_mnist(data_dir)
-    for network in networks:
-        for n in counts:
-            doc = fidelity.compute_floors(
-                data, network, n, cache_dir or results_dir / ".cache", device_, seed,
-                inception_weights=inception_weights, allow_few_samples=allow_few_samples,
-            )  # fmt: skip
-            path = fidelity.write_floors(results_dir, doc)
-            values = ", ".join(
-                f"{e['label']} {e['value']:.4g}" for e in doc["metrics"].values() if e["value"] is not None
-            )
-            click.echo(
-                f"{network} n={doc['n_samples']} (train vs {doc['reference']}, seed {seed}, {device_}): "
-                f"{values} -> {path}"
-            )
-
-
-@cli.command("train-classifier")
-@data_dir_option
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Weights file.  [default: the committed metrics/weights/mnist_classifier.pt]",
-)
-@click.option("--seed", type=click.IntRange(min=0), default=0)
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: as committed]")
-@click.option(
-    "--device", default="cpu", metavar="cpu|cuda", help="Bit-identical weights need the same device."
-)
-def train_classifier(data_dir, out, seed, epochs, device) -> None:
-    """Re-create the `mnist` feature network deterministically (weights + .sha256)."""
-    from genbench.bench.data import load_mnist
-    from genbench.bench.device import resolve_device
-    from genbench.metrics import features
-
-    device_ = resolve_device(device)
-    accuracy = features.train_classifier(
-        load_mnist(data_dir, device=device_),
-        out or features.WEIGHTS_PATH,
-        seed=seed,
-        epochs=epochs or features.EPOCHS,
-        device=device_,
-    )
-    click.echo(
-        f"test accuracy {accuracy:.4f} (MNIST test set, 10,000 images) -> {out or features.WEIGHTS_PATH}"
-    )
-
-
 @cli.command("list")
 def list_() -> None:
-    """Models, their capabilities and profiles; metrics and what they need."""
+    """Models, their capabilities, profiles and origin (built-in, or the plug-in that brought them);
+    metrics and what they need."""
     from genbench.metrics import METRICS
+    from genbench.models.base import ORIGINS
 
+    _load_plugins()
     click.echo("models:")
     for name, cls in sorted(MODELS.items()):
         aliases = [a for a, target in ALIASES.items() if target == name]
@@ -387,6 +312,7 @@ def list_() -> None:
         click.echo(
             f"  {name:<10} {' '.join(capabilities):<48} profiles={','.join(cls.profiles)}"
             + (f" aliases={','.join(aliases)}" if aliases else "")
+            + f" [{ORIGINS.get(name, 'origin unknown')}]"
         )
     click.echo("metrics:")
     for metric in METRICS.values():
@@ -394,7 +320,115 @@ def list_() -> None:
         click.echo(f"  {metric.name:<18} needs={needs:<20} -> {', '.join(o.key for o in metric.outputs)}")
 
 
+def _parse_choices(choices: tuple[str, ...]):
+    """A click callback: a comma-separated list of ``choices`` -> tuple (None -> ())."""
+
+    def parse(ctx, param, value: str | None) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        items = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+        if not items or any(v not in choices for v in items):
+            raise click.BadParameter(f"{value!r}: comma-separated, from {', '.join(choices)}")
+        return items
+
+    return parse
+
+
+@cli.command()
+@click.option("--models", callback=_parse_models, metavar="NAMES", help="Comma-separated model names.")
+@click.option("--seeds", callback=_parse_seeds, metavar="0,1,2", help="Comma-separated seeds.  [default: 0]")
+@click.option(
+    "--profiles", callback=_parse_choices(PROFILE_NAMES), metavar="NAMES",
+    help=f"Comma-separated profiles: {', '.join(PROFILE_NAMES)}.  [default: quick]",
+)  # fmt: skip
+@click.option(
+    "--datasets", callback=_parse_choices(DATASET_NAMES), metavar="NAMES",
+    help=f"Comma-separated datasets: {', '.join(DATASET_NAMES)}.  [default: mnist]",
+)  # fmt: skip
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+    help="Results folder: the run folders, and the sweep's logs under OUT/.sweep/.",
+)  # fmt: skip
+@click.option(
+    "--sweep", "name", default=None, callback=_parse_name,
+    help="The sweep's name, in every run id: submitted again, the same name finds the same runs.  "
+    "[default: sweep; --status: every sweep]",
+)  # fmt: skip
+@click.option("--status", "show_status", is_flag=True, help="List each run's state and its job's, then exit.")
+@click.option(
+    "--launcher", type=click.Choice(["auto", "local", "slurm"]), default="auto",
+    help="slurm (a job array), local (jobs on this machine); auto: slurm where srun is on PATH.",
+)  # fmt: skip
+@click.option(
+    "--max-parallel", type=click.IntRange(min=1), default=None,
+    help="Jobs running at once.  [default: 1 locally; no cap on Slurm]",
+)  # fmt: skip
+@click.option("--partition", default=None, help="Slurm partition.")
+@click.option(
+    "--time", "time_min", type=click.IntRange(min=1), default=60, metavar="MINUTES",
+    help="Each job's time limit; near it the run checkpoints and the job is requeued.",
+)  # fmt: skip
+@click.option(
+    "--gpus-per-job", type=click.IntRange(min=0), default=None,
+    help="GPUs per job.  [default: 1 locally when CUDA is visible, else 0; 0 on Slurm]",
+)  # fmt: skip
+@click.option("--cpus-per-job", type=click.IntRange(min=1), default=None, help="CPU cores per job.")
+@click.option("--mem", "mem_gb", type=click.IntRange(min=1), default=None, metavar="GB", help="Memory a job.")
+@device_option
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", help="Training.")
+@click.option("--compile", "compile_", is_flag=True, help="As in bench run.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads of each run.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop each run at this step.")
+@click.option(
+    "--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+    help="Stop each run's training at the first step past this wall time (as bench run's).",
+)  # fmt: skip
+@click.option("--n-samples", type=click.IntRange(min=1), default=None, help="Generated samples per run.")
+@fidelity_options
+@data_dir_option
+@click.option("--dry-run", is_flag=True, help="Print what each run would do (start, resume, skip) and exit.")
+def sweep(
+    models, seeds, profiles, datasets, out, name, show_status, launcher, max_parallel, partition, time_min,
+    gpus_per_job, cpus_per_job, mem_gb, device, precision, compile_, threads, max_steps, time_budget,
+    n_samples, allow_few_samples, inception_weights, data_dir, dry_run,
+) -> None:  # fmt: skip
+    """A grid of runs (models x seeds x profiles x datasets) through submitit, one job per run, into
+    OUT: Slurm job arrays, or this machine's local executor. Submitted again, a sweep skips its done
+    runs, resumes its interrupted ones and starts the rest; `bench report --results OUT` gathers them."""
+    from genbench.bench import sweep as sweeps
+
+    if show_status:
+        click.echo(sweeps.status(out, name).to_string(index=False))
+        return
+    if not models:
+        raise click.UsageError("--models is required (or --status)")
+    request = sweeps.SweepRequest(
+        models=models, seeds=seeds or (0,), profiles=profiles or ("quick",), datasets=datasets or ("mnist",),
+        out=out, sweep=name or "sweep", launcher=launcher, max_parallel=max_parallel, partition=partition,
+        time_min=time_min, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job, mem_gb=mem_gb,
+        device=device, precision=precision, compile=compile_, threads=threads,
+        train_overrides=_given(max_steps=max_steps, time_budget_s=time_budget),
+        eval_overrides=_given(
+            n_samples=n_samples, allow_few_samples=allow_few_samples,
+            inception_weights=str(inception_weights.resolve()) if inception_weights else None,
+        ),
+        data_dir=data_dir, dry_run=dry_run,
+    )  # fmt: skip
+    sweeps.submit(request, echo=click.echo)
+
+
+for _command in (cli_tools.floors, cli_tools.train_classifier, cli_tools.eval_, cli_tools.sample):
+    cli.add_command(_command)
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def main() -> None:
+    # A scheduler's SIGTERM ends a command like Ctrl-C (one line, exit 130; a run checkpoints first)
+    # instead of killing it with no word and a run folder left "running".
+    signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="bench", auto_envvar_prefix=None)
 
 

@@ -3,13 +3,19 @@ everything that decides how a run is set up lives here (overrides, precision, de
 threads, resume rules, failure aggregation).
 
 run folder: config.json (resolved config and provenance), status.json, history.csv, metrics.json,
-samples.png, samples.pt, interpolation.png (latent models), checkpoints/last.pt.
+samples.png, samples.pt, interpolation.png (latent models), checkpoints/last.pt, and run.lock (pid
+and host) while a process runs it.
+
+Under torchrun (or ``bench run --nproc N``, which starts it) every rank runs ``run_all`` on the same
+request; rank 0 alone creates run folders and writes their files (``genbench.bench.distributed``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -18,133 +24,32 @@ from typing import Any
 
 import torch
 
-from genbench.bench import results
+from genbench.bench import distributed, results
 from genbench.bench.checkpoint import load_checkpoint
-from genbench.bench.data import MNIST, load_mnist, resolve_data_dir
+from genbench.bench.data import (
+    MNIST,
+    load_dataset,
+    resolve_data_dir,
+)
 from genbench.bench.device import prepare_model, resolve_device, resolve_precision
 from genbench.bench.evaluate import evaluate, metrics_document, protocol_block
-from genbench.bench.timing import device_name
-from genbench.bench.train import RunOptions, Trainer, TrainingInterrupted
+from genbench.bench.plan import (
+    RunPlan,
+    UsageError,
+    _as_data,
+    _from_data,
+    describe,
+    plan,
+    plan_from_config,
+)
+from genbench.bench.train import RunOptions, StopFlag, Trainer, TrainingInterrupted
 from genbench.core import files
+from genbench.core.distributed import is_distributed, rank, world_size
 from genbench.core.errors import UserError
-from genbench.metrics.base import EVAL_PROFILES, EvalConfig
-from genbench.models.base import TrainConfig, get_model_class, with_image_spec
+from genbench.metrics.fidelity import check_sample_count, resolve_network
+from genbench.models.base import get_model_class
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
-
-
-class UsageError(UserError):
-    """A bad combination of options: exit status 2, like click's own usage errors."""
-
-    exit_code = 2
-
-
-def _as_data(obj: Any) -> Any:
-    """JSON round trip, so in-memory configs compare equal to the ones read back from config.json."""
-    return json.loads(json.dumps(files._jsonable(obj)))
-
-
-def _from_data(cls: type, values: dict[str, Any]):
-    """Rebuild a config dataclass from JSON data (lists back to tuples), rejecting unknown fields."""
-    if not isinstance(values, dict):
-        raise TypeError(f"{cls.__name__} must be a JSON object, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise UserError(
-            f"config.json has unknown {cls.__name__} fields {sorted(unknown)}; was it written by "
-            "another genbench version?"
-        )
-    kwargs = {}
-    for name, value in values.items():
-        kwargs[name] = tuple(value) if isinstance(value, list) and _wants_tuple(hints[name]) else value
-    return cls(**kwargs)
-
-
-def _wants_tuple(hint: Any) -> bool:
-    return (
-        hint is tuple
-        or typing.get_origin(hint) is tuple
-        or any(_wants_tuple(a) for a in typing.get_args(hint))
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class RunPlan:
-    """Everything that decides a run's numbers; written to config.json."""
-
-    model: str
-    profile: str
-    seed: int
-    model_config: Any
-    train_config: TrainConfig
-    eval_config: EvalConfig
-
-    def identity(self) -> dict[str, Any]:
-        """What a checkpoint must match to be resumed into this run."""
-        return _as_data(
-            {
-                "model": self.model,
-                "model_config": self.model_config,
-                "train_config": self.train_config,
-                "seed": self.seed,
-            }
-        )
-
-
-def plan(
-    model: str,
-    profile: str,
-    seed: int,
-    train_overrides: dict[str, Any] | None = None,
-    eval_overrides: dict[str, Any] | None = None,
-    image_shape: tuple[int, int, int] | None = None,
-    levels: int | None = None,
-) -> RunPlan:
-    """A run's resolved configs: the profile's, with single fields overridden, for data of
-    ``image_shape`` and ``levels`` (default: the profile's)."""
-    cls = get_model_class(model)
-    model_config, train_config = cls.profiles[profile]()
-    try:
-        model_config = with_image_spec(
-            model_config, image_shape or model_config.image_shape, levels or model_config.levels
-        )
-        train_config = dataclasses.replace(train_config, **(train_overrides or {}))
-        eval_config = dataclasses.replace(EVAL_PROFILES[profile], **(eval_overrides or {}))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    return RunPlan(cls.name, profile, seed, model_config, train_config, eval_config)
-
-
-def plan_from_config(config: dict[str, Any]) -> RunPlan:
-    cls = get_model_class(config["model"])
-    return RunPlan(
-        model=cls.name,
-        profile=config["profile"],
-        seed=int(config["seed"]),
-        model_config=_from_data(cls.Config, config["model_config"]),
-        train_config=_from_data(TrainConfig, config["train_config"]),
-        eval_config=_from_data(EvalConfig, config["eval_config"]),
-    )
-
-
-def describe(plan: RunPlan, options: RunOptions) -> dict[str, Any]:
-    """The resolved config as data (config.json, and --dry-run's output)."""
-    return _as_data(
-        {
-            "model": plan.model,
-            "profile": plan.profile,
-            "seed": plan.seed,
-            "device": options.device.type,
-            "device_name": device_name(options.device),
-            "precision": options.precision,
-            "compile": options.compile,
-            "model_config": plan.model_config,
-            "train_config": plan.train_config,
-            "eval_config": plan.eval_config,
-        }
-    )
 
 
 def start(
@@ -156,21 +61,40 @@ def start(
     data_dir: Path | None = None,
 ) -> Path:
     """Create the run folder and its config.json; the run itself is ``execute``. ``data_dir`` is
-    remembered so that --resume finds the same data without being told again."""
+    remembered so that --resume finds the same data without being told again. A folder whose
+    config could not be written is left ``failed`` (or ``interrupted``), never ``running``."""
     run_id = results.make_run_id(plan.model, plan.profile, plan.seed, name)
     run_dir = results.create_run_dir(out, run_id, overwrite)
-    config = {
-        "run_id": run_id,
-        **describe(plan, options),
-        "created": results.now_iso(),
-        "git_commit": results.git_commit(),
-        "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
-        "versions": results.versions(),
-        "command": sys.argv,
-    }
-    files.write_json(run_dir / "config.json", config)
-    results.set_status(run_dir, "running")
+    try:
+        config = {
+            "run_id": run_id,
+            **describe(plan, options),
+            "created": results.now_iso(),
+            "git_commit": results.git_commit(),
+            "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else None,
+            "versions": results.versions(),
+            "command": sys.argv,
+        }
+        files.write_json(run_dir / "config.json", config)
+        results.set_status(run_dir, "running")
+    except KeyboardInterrupt:
+        _record(run_dir, "interrupted", "interrupted before training started; start the run again")
+        raise
+    except BaseException as exc:
+        _record(run_dir, "failed", _reason(exc))
+        raise
     return run_dir
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _record(run_dir: Path, status: str, reason: str | None) -> None:
+    """Write status.json on the way out of an error: a status that cannot be written (a full disk)
+    must not hide the error that is being reported."""
+    with contextlib.suppress(UserError, OSError):
+        results.set_status(run_dir, status, reason)
 
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], RunPlan]:
@@ -180,6 +104,9 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], RunPlan]:
     try:
         if not isinstance(config, dict):
             raise TypeError("not a JSON object")
+        for key, types in (("run_id", str), ("data_dir", (str, type(None)))):
+            if not isinstance(config.get(key), types):
+                raise TypeError(f"{key} is {type(config.get(key)).__name__}")
         return config, plan_from_config(config)
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(
@@ -188,44 +115,94 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], RunPlan]:
 
 
 def execute(
-    run_dir: Path, data: MNIST, options: RunOptions, resume: bool = False, cache_dir: Path | None = None
+    run_dir: Path,
+    data: MNIST,
+    options: RunOptions,
+    resume: bool = False,
+    cache_dir: Path | None = None,
+    stop: StopFlag | None = None,
 ) -> dict[str, Any]:
-    """Train (or continue) and evaluate the run in ``run_dir``; returns metrics.json's content.
-    status.json ends as done, failed (with the reason) or interrupted."""
+    """Train (or continue) and evaluate the run in ``run_dir`` under its lock; returns metrics.json's
+    content. status.json ends as done, failed (with the reason) or interrupted (with the resume
+    command). ``stop``: the caller's signal flag (default: one for this call)."""
     config, plan = read_run(run_dir)
     checkpoint = run_dir / CHECKPOINT
-    try:
-        ckpt = load_checkpoint(checkpoint, plan.identity()) if resume else None
-        torch.manual_seed(plan.seed)  # weight init
-        cls = get_model_class(plan.model)
-        model = prepare_model(cls(plan.model_config), options.device, options.compile)
-        results.set_status(run_dir, "running")
-        trainer = Trainer(
-            model,
-            data,
-            plan.train_config,
-            plan.seed,
-            options,
-            checkpoint,
-            plan.identity(),
-            history=run_dir / "history.csv",
-        )
-        _, summary = trainer.run(ckpt)
-        entries = evaluate(
-            model, data, plan.eval_config, options.device, plan.seed, summary, run_dir, cache_dir
-        )
-        protocol = protocol_block(data, plan.eval_config, plan.profile, options.device, options.precision)
-        report = metrics_document(config["run_id"], model, plan.seed, protocol, entries)
-        files.write_json(run_dir / "metrics.json", report)
-    except TrainingInterrupted as exc:
-        results.set_status(run_dir, "interrupted", str(exc))
-        raise TrainingInterrupted(f"{exc}; resume with: bench run --resume {run_dir}") from None
-    except BaseException as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        results.set_status(run_dir, "failed", reason)
-        raise
-    results.set_status(run_dir, "done")
+    writer = rank() == 0  # under torchrun every rank trains and evaluates; rank 0 alone writes
+    with results.run_lock(run_dir) if writer else contextlib.nullcontext(), contextlib.ExitStack() as stack:
+        stop = stop if stop is not None else stack.enter_context(StopFlag())
+        trainer = None
+        try:
+            stop.phase = "starting"
+            if writer:
+                results.set_status(run_dir, "running")
+            # An interrupted or failed run that never wrote a checkpoint starts from step 0.
+            ckpt = load_checkpoint(checkpoint, plan.identity()) if resume and checkpoint.exists() else None
+            torch.manual_seed(plan.seed)  # weight init
+            cls = get_model_class(plan.model)
+            model = prepare_model(cls(plan.model_config), options.device, options.compile)
+            trainer = Trainer(
+                model,
+                data,
+                plan.train_config,
+                plan.seed,
+                options,
+                checkpoint,
+                plan.identity(),
+                history=run_dir / "history.csv",
+            )
+            stop.phase = "training"
+            _, summary = trainer.run(ckpt, stop)
+            stop.phase = "evaluation"
+            if stop.set:  # a signal during the last checkpoint write
+                raise KeyboardInterrupt
+            if writer:
+                results.set_status(run_dir, "running", "evaluating; training is complete and checkpointed")
+            entries = evaluate(
+                model, data, plan.eval_config, options.device, plan.seed, summary,
+                run_dir if writer else None, cache_dir,
+            )  # fmt: skip
+            stop.phase = "writing results"
+            protocol = protocol_block(
+                data, plan.eval_config, plan.profile, options.device, options.precision,
+                time_budget_s=plan.train_config.time_budget_s, processes=world_size(),
+            )  # fmt: skip
+            report = metrics_document(config["run_id"], model, plan.seed, protocol, entries)
+            if writer:
+                files.write_json(run_dir / "metrics.json", report)
+                results.set_status(run_dir, "done")
+        except TrainingInterrupted as exc:
+            if writer:
+                _record(run_dir, "interrupted", str(exc))
+            raise TrainingInterrupted(f"{exc}; resume with: bench run --resume {run_dir}") from None
+        except KeyboardInterrupt:
+            if not checkpoint.exists():
+                held = "no checkpoint yet"
+            elif trainer is not None and stop.phase != "starting":
+                held = f"the checkpoint holds step {trainer.last_good}"
+            else:
+                held = "the checkpoint is kept"
+            reason = f"interrupted ({stop.signal or 'SIGINT'}) during {stop.phase}; {held}"
+            if writer:
+                _record(run_dir, "interrupted", reason)
+            raise TrainingInterrupted(f"{reason}; resume with: bench run --resume {run_dir}") from None
+        except BaseException as exc:
+            if writer:
+                _record(run_dir, "failed", _reason(exc))
+            raise
     return report
+
+
+def budget_line(report: dict[str, Any]) -> str | None:
+    """For a run its time budget ended: the steps it reached and how to repeat it without a clock."""
+    steps = report["metrics"].get("steps") or {}
+    protocol = steps.get("protocol") or {}
+    if protocol.get("stopped_by") != "time budget":
+        return None
+    return (
+        f"{report['run_id']}: the {protocol['time_budget_s']:g} s time budget ended training after "
+        f"{steps['value']:.0f} steps ({protocol['stopped_at_s']:.1f} s); --max-steps {steps['value']:.0f} "
+        "repeats it on any machine"
+    )
 
 
 # Shown in the one line printed per finished run, in this order, each with its protocol.
@@ -260,7 +237,11 @@ def summary_line(report: dict[str, Any]) -> str:
             f"{entry['label']} {mark}{entry['value']:.4g} {unit}".rstrip()
             + (f" ({', '.join(context)})" if context else "")
         )
-    return f"{report['run_id']}: " + " | ".join(parts) + f" [seed {report['seed']}, {report['protocol']['device']}]"
+    return (
+        f"{report['run_id']}: "
+        + " | ".join(parts)
+        + f" [seed {report['seed']}, {report['protocol']['device']}]"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,6 +253,7 @@ class RunRequest:
     seeds: tuple[int, ...] = ()
     out: Path = Path("results")
     data_dir: Path | None = None
+    dataset: str | None = None  # None: mnist; --resume takes the run's own
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
@@ -281,9 +263,33 @@ class RunRequest:
     name: str | None = None
     overwrite: bool = False
     resume: Path | None = None
+    reevaluate: bool = False  # --resume of a done run evaluates it again
     cache_dir: Path | None = None
     progress: bool = True
     dry_run: bool = False
+    nproc: int = 1  # processes (GPUs) to train each run with; > 1 starts torchrun
+
+
+def request_data(request: RunRequest) -> dict[str, Any]:
+    """The request as JSON data, for the workers `bench run --nproc N` starts."""
+    return _as_data(request)
+
+
+def request_from_data(values: dict[str, Any]) -> RunRequest:
+    hints = typing.get_type_hints(RunRequest)
+    paths = {n for n, hint in hints.items() if Path in (hint, *typing.get_args(hint))}
+    values = {k: Path(v) if k in paths and v is not None else v for k, v in values.items()}
+    return _from_data(RunRequest, values)
+
+
+def request_from_environment() -> RunRequest:
+    """The request `bench run --nproc N` handed its workers (``bench run-worker``)."""
+    if distributed.ENV_REQUEST not in os.environ:
+        raise UsageError("bench run-worker is started by `bench run --nproc N`; run that instead")
+    return request_from_data(json.loads(os.environ[distributed.ENV_REQUEST]))
+
+
+OPTIONS = {"time_budget_s": "time_budget"}  # config fields whose option is spelled otherwise
 
 
 def _check_resume_request(request: RunRequest) -> None:
@@ -293,73 +299,182 @@ def _check_resume_request(request: RunRequest) -> None:
             ("--models", request.models),
             ("--profile", request.profile),
             ("--seeds", request.seeds),
+            ("--dataset", request.dataset),
             ("--name", request.name),
             ("--overwrite", request.overwrite),
         )
         if v
     ]
-    given += [f"--{k.replace('_', '-')}" for k in {**request.train_overrides, **request.eval_overrides}]
+    overrides = {**request.train_overrides, **request.eval_overrides}
+    given += [f"--{OPTIONS.get(k, k).replace('_', '-')}" for k in overrides]
     if given:
         raise UsageError(f"--resume continues a run with its own config; drop {', '.join(given)}")
 
 
 def run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, Any]]:
     """Plan, then train and evaluate every (model, seed) of the request (or continue one run).
-    One failed run does not stop the others; the failures are reported together at the end."""
+    One failed run does not stop the others; the failures are reported together at the end.
+    Every option is checked before any folder is created; a --dry-run checks them too.
+
+    Under torchrun every rank runs this, in the process group it sets up; `--nproc N` outside
+    torchrun checks the request here, then starts torchrun with N workers that run it."""
+    with distributed.process_group(_device(request)):
+        return _run_all(request, echo if rank() == 0 else _quiet)
+
+
+def _quiet(*args, **kwargs) -> None:
+    """The echo of ranks other than 0: one line per run, from rank 0."""
+
+
+def _device(request: RunRequest) -> torch.device:
+    if distributed.launched_world() > 1:
+        return distributed.rank_device(request.device)
+    return resolve_device(request.device)
+
+
+def _processes(request: RunRequest) -> int:
+    world = distributed.launched_world()
+    if world > 1 and request.nproc not in (1, world):
+        raise UsageError(f"--nproc {request.nproc}: torchrun started {world} processes; drop --nproc")
+    return max(world, request.nproc)
+
+
+def _run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, Any]]:
     if request.threads is not None:
         torch.set_num_threads(request.threads)
-    device = resolve_device(request.device)
+    device = _device(request)
+    processes = _processes(request)
+    distributed.check_launch(device, processes)
     options = RunOptions(
         device=device,
         precision=resolve_precision(request.precision, device),
         compile=request.compile,
         progress=request.progress,
+        processes=processes,
     )
     data_dir = request.data_dir
     if request.resume is not None:
         _check_resume_request(request)
         config, resumed = read_run(request.resume)
+        _check_resumable(request.resume, request.reevaluate)
+        results.check_not_in_use(request.resume)  # before loading data; execute takes the lock
         targets: list[tuple[RunPlan, Path | None]] = [(resumed, request.resume)]
         if data_dir is None and config.get("data_dir") and Path(config["data_dir"]).is_dir():
             data_dir = Path(config["data_dir"])
     else:
+        if request.reevaluate:
+            raise UsageError("--reevaluate goes with --resume RUN_DIR (a done run to evaluate again)")
+        results.check_writable_folder(request.out, "--out")
         plans = [
-            plan(m, request.profile or "quick", s, request.train_overrides, request.eval_overrides)
+            plan(
+                m,
+                request.profile or "quick",
+                s,
+                request.train_overrides,
+                request.eval_overrides,
+                dataset=request.dataset or "mnist",
+            )  # fmt: skip
             for m in request.models or ("vae",)
             for s in request.seeds or (0,)
         ]
         targets = [(p, None) for p in plans]
+    cache = (
+        request.cache_dir or (request.resume.parent if request.resume is not None else request.out) / ".cache"
+    )
+    results.check_writable_folder(cache, "--cache-dir")  # OUT/.cache unless given
+    _check_plans([p for p, _ in targets])
+    for p, _ in targets:
+        distributed.check_batch_size(p.train_config.batch_size, processes)
     if request.dry_run:
+        if "batch_size" in request.train_overrides:  # the profiles' own batch sizes fit every dataset
+            _check_fits_local_data(targets[0][0].dataset, data_dir, [p for p, _ in targets], echo)
         echo(json.dumps([describe(p, options) for p, _ in targets], indent=2))
+        return []
+    if processes > distributed.launched_world():  # --nproc N: the request is checked, start the workers
+        distributed.launch(processes, request_data(request))
         return []
 
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
-    data = load_mnist(data_dir, device=device)
-    cache = (
-        request.cache_dir or (request.resume.parent if request.resume is not None else request.out) / ".cache"
-    )
+    with distributed.rank_zero_first():  # one rank reads (or downloads) the files first
+        data = load_dataset(targets[0][0].dataset, data_dir, device=device)
+    _check_fits([p for p, _ in targets], len(data.train))
     reports, failures = [], []
-    for run_plan, run_dir in targets:
-        run_dir = run_dir or start(
-            run_plan,
-            options,
-            request.out,
-            request.name,
-            request.overwrite,
-            data_dir=resolve_data_dir(data_dir),
-        )
-        echo(f"{run_plan.model} seed {run_plan.seed} ({run_plan.profile}) on {device} -> {run_dir}", err=True)
-        try:
-            report = execute(run_dir, data, options, resume=run_dir == request.resume, cache_dir=cache)
-        except UserError as exc:
-            if isinstance(exc, TrainingInterrupted) or len(targets) == 1:
-                raise
-            failures.append(f"{run_dir.name}: {exc}")  # one diverged model does not stop the others
-            echo(f"error: {exc}", err=True)
-            continue
-        echo(summary_line(report))
-        reports.append(report)
+    with StopFlag() as stop:  # from here on every exit leaves each started run's status final
+        for run_plan, run_dir in targets:
+            run_dir = run_dir or distributed.on_rank_zero(
+                lambda run_plan=run_plan: start(
+                    run_plan,
+                    options,
+                    request.out,
+                    request.name,
+                    request.overwrite,
+                    data_dir=resolve_data_dir(data_dir),
+                )
+            )
+            what = f"{run_plan.model} seed {run_plan.seed} ({run_plan.profile})"
+            echo(f"{what} on {device} -> {run_dir}", err=True)
+            try:
+                report = execute(
+                    run_dir, data, options, resume=run_dir == request.resume, cache_dir=cache, stop=stop
+                )
+            except UserError as exc:
+                # Under torchrun a failure may be one rank's (its lock, its disk): the others cannot
+                # go on to the next run without it, so the first failure ends the command.
+                if isinstance(exc, TrainingInterrupted) or len(targets) == 1 or is_distributed():
+                    raise
+                failures.append(f"{run_dir.name}: {exc}")  # one diverged model does not stop the others
+                echo(f"error: {exc}", err=True)
+                continue
+            echo(summary_line(report))
+            if budget_line(report):
+                echo(budget_line(report), err=True)
+            reports.append(report)
     if failures:
         raise UserError(f"{len(failures)} of {len(targets)} runs failed: " + "; ".join(failures))
     return reports
+
+
+def _check_resumable(run_dir: Path, reevaluate: bool) -> None:
+    """A done run keeps its metrics.json unless the user asks to evaluate it again."""
+    if results.read_status(run_dir) == "done" and not reevaluate:
+        raise UserError(
+            f"{run_dir} is done; pass --reevaluate to evaluate it again under its own protocol (rewrites "
+            f"metrics.json), or use `bench eval {run_dir}` for another protocol"
+        )
+
+
+def _check_plans(plans: list[RunPlan]) -> None:
+    """What can be refused before data is loaded: seeds the RNGs take, and sample counts the
+    profile's feature networks can compute FID from (as evaluation would, after training)."""
+    for p in plans:
+        if not 0 <= p.seed < results.SEED_LIMIT:
+            raise UsageError(f"seed {p.seed} is out of range; seeds are integers 0..{results.SEED_LIMIT - 1}")
+        config = p.eval_config
+        for net in config.feature_networks:
+            network = resolve_network(net, config.inception_weights)
+            try:
+                check_sample_count(config.n_samples, network, config.allow_few_samples)
+            except UserError as exc:
+                raise UsageError(f"--n-samples {config.n_samples}: {exc}") from None
+
+
+def _check_fits(plans: list[RunPlan], n_train: int) -> None:
+    for p in plans:
+        if p.train_config.batch_size > n_train:
+            raise UsageError(
+                f"--batch-size {p.train_config.batch_size} exceeds the {n_train} training images of "
+                f"{p.dataset}; lower it"
+            )
+
+
+def _check_fits_local_data(
+    dataset: str, data_dir: Path | None, plans: list[RunPlan], echo: Callable[..., None]
+) -> None:
+    """--dry-run: check --batch-size against the dataset when it is on disk (never downloading)."""
+    try:
+        data = load_dataset(dataset, data_dir, download_missing=False)
+    except UserError as exc:
+        echo(f"note: --batch-size not checked against the training set: {exc}", err=True)
+        return
+    _check_fits(plans, len(data.train))

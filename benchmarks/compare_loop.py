@@ -42,8 +42,8 @@ from torchvision import transforms
 
 from genbench import models
 from genbench.bench.data import MNIST, batches, epoch_order, load_mnist, raw_dir, resolve_data_dir
-from genbench.bench.timing import device_name, synchronize
 from genbench.bench.device import prepare_model, resolve_device
+from genbench.bench.timing import device_name, synchronize
 from genbench.bench.train import RunOptions, Trainer
 from genbench.core.errors import UserError
 
@@ -119,7 +119,8 @@ class PlainOptimizers:
 
     def __init__(self, model, cfg) -> None:
         self.groups = {
-            name: torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas) for name, params in model.parameter_groups().items()
+            name: torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
+            for name, params in model.parameter_groups().items()
         }
 
     def step(self, group: str, loss: torch.Tensor) -> None:

@@ -84,7 +84,7 @@ def test_existing_run_folder_is_never_overwritten(vae_run, mnist_dir):
 def test_resume_of_a_finished_run_keeps_its_numbers(vae_run):
     run_dir, _ = vae_run
     before = json.loads((run_dir / "metrics.json").read_text())["metrics"]
-    result = invoke("run", "--resume", run_dir, "--no-progress")
+    result = invoke("run", "--resume", run_dir, "--reevaluate", "--no-progress")
     assert result.exit_code == 0, result.output
     after = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     for key in ("bpd", "iwae_nats", "recon_mse"):
@@ -113,7 +113,7 @@ def test_options_that_change_a_number_are_recorded_and_used_on_resume(tmp_path, 
     run_dir = tmp_path / "gan-smoke-s0-few"
     config = json.loads((run_dir / "config.json").read_text())
     assert config["eval_config"]["allow_few_samples"] is True and config["eval_config"]["n_samples"] == 100
-    result = invoke("run", "--resume", run_dir, "--no-progress")
+    result = invoke("run", "--resume", run_dir, "--reevaluate", "--no-progress")
     assert result.exit_code == 0, result.output
     assert json.loads((run_dir / "status.json").read_text())["status"] == "done"
     assert json.loads((run_dir / "metrics.json").read_text())["metrics"]["fid_mnist"]["protocol"][

@@ -4,7 +4,6 @@ import dataclasses
 
 import pytest
 import torch
-
 from model_utils import optimizers_for
 
 from genbench import models

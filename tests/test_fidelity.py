@@ -107,6 +107,8 @@ def test_fid_refuses_fewer_samples_than_feature_dimensions(mnist_net):
 
 
 class FakeModel:
+    levels = 256  # its samples' pixel levels, as GenerativeModel states them
+
     def __init__(self, images: torch.Tensor) -> None:
         self.images, self.calls = images, 0
 
@@ -118,7 +120,7 @@ class FakeModel:
 
 def make_ctx(model, n_samples, networks, cache_dir=None, test=None):
     config = EvalConfig(n_samples=n_samples, batch_size=64, feature_networks=networks)
-    data = SimpleNamespace(test=blobs(400, 9) if test is None else test, name="blobs")
+    data = SimpleNamespace(test=blobs(400, 9) if test is None else test, name="blobs", levels=256)
     return EvalContext(model, data, config, torch.device("cpu"), seed=1, cache_dir=cache_dir)
 
 
@@ -151,7 +153,9 @@ def test_registered_metric_compares_samples_with_cached_test_statistics(tmp_path
     assert first["fid_mnist"].protocol["n_reference"] == SMALL
     cached = sorted(p.name for p in tmp_path.iterdir())
     assert cached and all(name.startswith(f"genbench-blobs-test-n{SMALL}-s0-") for name in cached)
-    assert any("stat-fid-128" in name for name in cached)
+    from genbench.metrics.feature_cache import cache_name
+
+    assert cached == [cache_name("blobs", "test", SMALL, 0, fidelity.resolve_network("mnist"))]  # one .npz
     # Same numbers when the reference comes from the cache, and the same as computing it directly.
     again = METRICS["fidelity_mnist"].compute(
         make_ctx(FakeModel(samples), SMALL, ("mnist",), cache_dir=tmp_path)

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from model_utils import optimizers_for
 
 from genbench.models.base import build, get_model_class

@@ -8,10 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from genbench.models import get_model_class
 from model_utils import optimizers_for
 
+from genbench.models import get_model_class
 from genbench.models.base import bits_per_dim
 from genbench.models.realnvp import Config, RealNVP, squeeze, unsqueeze
 

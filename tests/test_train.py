@@ -204,8 +204,8 @@ def test_compile_turns_each_training_step_into_whole_graphs(name, fake_data):
     """--compile compiles what train_step calls, once, with no graph break: whole graphs (one per
     family; the GAN's generator, D's loss and G's loss) that later steps reuse without recompiling.
     Counted with dynamo's eager backend, which traces what inductor would compile, without codegen."""
-    from torch._dynamo.utils import counters
     from model_utils import optimizers_for
+    from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()

@@ -1,0 +1,142 @@
+"""The options and argument parsers that several `bench` commands share, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from genbench.bench.results import SEED_LIMIT, check_run_name
+from genbench.models.base import model_names
+
+
+def _options(*decorators):
+    """Several click options as one decorator, so an option shared by commands is declared once."""
+
+    def apply(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
+# The registries' names, spelled here so that `bench --help` does not import torch-fidelity;
+# tests/test_datasets.py checks them against bench.data.DATASETS and metrics.fidelity.NETWORKS.
+DATASET_NAMES = ("mnist", "fashion-mnist", "binarized-mnist", "cifar10")
+NETWORK_NAMES = ("mnist", "fashion-mnist", "inception")
+CLASSIFIER_NAMES = ("mnist", "fashion-mnist")
+
+dataset_option = click.option(
+    "--dataset",
+    type=click.Choice(DATASET_NAMES),
+    default=None,
+    help="Dataset (its images decide the models' shape and levels).  [default: mnist]",
+)
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder holding the dataset in torchvision's layout: MNIST/raw/, FashionMNIST/raw/, "
+    "cifar-10-batches-py/ (else $GENBENCH_DATA, else ./data; downloaded when missing).",
+)
+
+
+def _parse_device(ctx, param, value: str) -> str:
+    """auto, or a device of a kind genbench runs on (whether a GPU is there is checked at the start)."""
+    import torch
+
+    if value == "auto":
+        return value
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        raise click.BadParameter(f"{value!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise click.BadParameter(f"{value!r}: genbench runs on cpu, cuda, cuda:N or mps (or auto)")
+    if device.type == "cuda" and device.index is not None and torch.cuda.is_available():
+        if device.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise click.BadParameter(f"{value!r}: this machine has {count} CUDA device(s)")
+    return value
+
+
+device_option = click.option(
+    "--device", default="auto", callback=_parse_device, metavar="auto|cpu|cuda|cuda:N|mps", help="Device."
+)
+cache_dir_option = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Cache for real-data feature statistics.  [default: OUT/.cache]",
+)
+fidelity_options = _options(
+    click.option(
+        "--allow-few-samples",
+        is_flag=True,
+        help="Compute FID even with fewer samples than the feature dimension (rank-deficient covariance).",
+    ),
+    click.option(
+        "--inception-weights",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        default=None,
+        envvar="GENBENCH_INCEPTION_WEIGHTS",
+        help="torch-fidelity's Inception weights file (gives IS); else the offline port (no IS).",
+    ),
+)
+
+
+def _load_plugins() -> None:
+    """Load the entry-point plug-in families (once); each one that fails is one warning line."""
+    import warnings
+
+    from genbench.models import plugins
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", plugins.PluginWarning)
+        plugins.load_plugins()
+    for warning in caught:
+        click.echo(f"warning: {warning.message}", err=True)
+
+
+def _parse_models(ctx, param, value: str | None) -> tuple[str, ...]:
+    """Registered names and aliases, entry-point plug-ins, or package.module:ClassName specs
+    (imported and registered) -> canonical registry names."""
+    from genbench.models.plugins import PluginError, resolve
+
+    if value is None:
+        return ()
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not names:
+        raise click.BadParameter(f"no model in {value!r}; choose from {', '.join(model_names())}")
+    _load_plugins()
+    try:
+        canonical = [resolve(n) for n in names]
+    except PluginError as exc:
+        raise click.BadParameter(f"{exc} (comma-separated; or package.module:ClassName)") from None
+    return tuple(dict.fromkeys(canonical))  # "flow,realnvp" is one model
+
+
+def _parse_seeds(ctx, param, value: str | None) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    try:
+        seeds = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 0,1,2") from None
+    if not seeds or any(not 0 <= s < SEED_LIMIT for s in seeds):
+        raise click.BadParameter(f"{value!r}: seeds are integers 0..{SEED_LIMIT - 1}, e.g. 0,1,2")
+    return tuple(dict.fromkeys(seeds))
+
+
+def _parse_name(ctx, param, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_run_name(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _given(**values) -> dict:
+    return {k: v for k, v in values.items() if v is not None and v is not False}

@@ -1,0 +1,235 @@
+"""`bench floors`, `bench train-classifier`, `bench eval` and `bench sample`: the commands around a
+run (reference rows, feature networks, scoring checkpoints and other people's samples)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from genbench.bench.cli_options import (
+    CLASSIFIER_NAMES,
+    DATASET_NAMES,
+    NETWORK_NAMES,
+    _load_plugins,
+    _parse_device,
+    cache_dir_option,
+    data_dir_option,
+    device_option,
+    fidelity_options,
+)
+from genbench.bench.results import SEED_LIMIT, check_writable_folder
+from genbench.models.base import PROFILE_NAMES
+
+
+@click.command()
+@click.option(
+    "--dataset",
+    type=click.Choice(DATASET_NAMES),
+    default="mnist",
+    help="Dataset whose train and test images are compared.",
+)
+@click.option(
+    "--network",
+    "networks",
+    type=click.Choice(NETWORK_NAMES),
+    multiple=True,
+    default=(),
+    help="Feature network (repeatable).  [default: the dataset's classifier; inception for cifar10]",
+)
+@click.option(
+    "--n-samples",
+    "counts",
+    type=click.IntRange(min=10),
+    multiple=True,
+    default=(1000, 10_000),
+    help="Images per side (repeatable); match the profile's sample count to compare.",
+)
+@click.option(
+    "--results",
+    "results_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results"),
+    help="Floors go to RESULTS/floors/.",
+)
+@data_dir_option
+@device_option
+@click.option(
+    "--seed", type=click.IntRange(0, SEED_LIMIT - 1), default=0, help="Seed of the random training images."
+)
+@cache_dir_option
+@fidelity_options
+def floors(
+    dataset, networks, counts, results_dir, data_dir, device, seed, cache_dir, allow_few_samples,
+    inception_weights,
+) -> None:  # fmt: skip
+    """Real-data floors: FID/KID/PR of train vs test and IS of the test set, per network and count."""
+    from genbench.bench.data import default_feature_networks, load_dataset
+    from genbench.bench.device import resolve_device
+    from genbench.metrics import fidelity
+
+    device_ = resolve_device(device)
+    check_writable_folder(results_dir / "floors", "--results")
+    check_writable_folder(cache_dir or results_dir / ".cache", "--cache-dir")
+    data = load_dataset(dataset, data_dir).at_8bit()  # the feature networks read 8-bit pixels
+    # Default: the dataset's classifier (its quick profile's network), else its full profile's (Inception).
+    defaults = default_feature_networks(dataset, "quick") or default_feature_networks(dataset, "full")
+    for network in networks or defaults:
+        for n in counts:
+            doc = fidelity.compute_floors(
+                data, network, n, cache_dir or results_dir / ".cache", device_, seed,
+                inception_weights=inception_weights, allow_few_samples=allow_few_samples,
+            )  # fmt: skip
+            path = fidelity.write_floors(results_dir, doc)
+            values = ", ".join(
+                f"{e['label']} {e['value']:.4g}" for e in doc["metrics"].values() if e["value"] is not None
+            )
+            click.echo(
+                f"{network} n={doc['n_samples']} (train vs {doc['reference']}, seed {seed}, {device_}): "
+                f"{values} -> {path}"
+            )
+
+
+@click.command("train-classifier")
+@click.option(
+    "--dataset",
+    type=click.Choice(CLASSIFIER_NAMES),
+    default="mnist",
+    help="The dataset whose feature network to train (binarized-mnist uses mnist's).",
+)
+@data_dir_option
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Weights file.  [default: the committed metrics/weights/DATASET_classifier.pt]",
+)
+@click.option("--seed", type=click.IntRange(0, SEED_LIMIT - 1), default=0)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: as committed]")
+@click.option(
+    "--device",
+    default="cpu",
+    callback=_parse_device,
+    metavar="cpu|cuda",
+    help="Bit-identical weights need the same device.",
+)
+def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
+    """Re-create a dataset's feature network deterministically (weights + .sha256)."""
+    from genbench.bench.data import load_dataset
+    from genbench.bench.device import resolve_device
+    from genbench.metrics import features
+
+    spec = features.get_classifier_spec(dataset)
+    check_writable_folder((out or spec.weights_path).parent, "--out")  # before minutes of training
+    device_ = resolve_device(device)
+    data = load_dataset(dataset, data_dir, device=device_)
+    accuracy = features.train_classifier(
+        data, out or spec.weights_path, seed=seed, epochs=epochs or spec.epochs, device=device_
+    )
+    click.echo(
+        f"test accuracy {accuracy:.4f} ({dataset} test set, {len(data.test):,} images) -> "
+        f"{out or spec.weights_path}"
+    )
+
+
+@click.command("eval")
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--samples",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    metavar="PATH",
+    help="Score another generator's samples instead: uint8 images in a .npz/.npy/.pt, or a folder of .png.",
+)
+@click.option("--key", default=None, help="--samples: the array's name in a .npz (or .pt dict) of several.")
+@click.option(
+    "--dataset",
+    type=click.Choice(DATASET_NAMES),
+    default=None,
+    help="--samples: the dataset they imitate (its test set is the reference).  [default: mnist]",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(PROFILE_NAMES),
+    default=None,
+    help="Take this profile's evaluation protocol.  [default: the run's; quick for --samples]",
+)
+@click.option(
+    "--n-samples",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Samples for sample-quality metrics.  [default: the profile's; for --samples all, at most that]",
+)
+@click.option(
+    "--network",
+    "networks",
+    type=click.Choice(NETWORK_NAMES),
+    multiple=True,
+    help="Feature network (repeatable).  [default: the profile's for the dataset]",
+)
+@click.option("--n-test", type=click.IntRange(min=1), default=None, help="Test images (likelihood metrics).")
+@click.option("--iwae-k", type=click.IntRange(min=1), default=None, help="IWAE sample count k.")
+@click.option(
+    "--sampler-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Sampler step count, for a family that has one (diffusion).",
+)
+@fidelity_options
+@device_option
+@data_dir_option
+@cache_dir_option
+@click.option("--name", default=None, help="Result-folder suffix; with --samples also the row's name.")
+@click.option(
+    "--results",
+    "results_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="--samples: folder for the result and the floors.  [default: results]",
+)
+def eval_(
+    run_dir, samples, key, dataset, profile, n_samples, networks, n_test, iwae_k, sampler_steps,
+    allow_few_samples, inception_weights, device, data_dir, cache_dir, name, results_dir,
+) -> None:  # fmt: skip
+    """Evaluate RUN_DIR's checkpoint under another protocol (the result goes to a new folder beside
+    the run, RUN_DIR+eval-NAME; the run is never touched), or score --samples of a generator genbench
+    did not train (RESULTS/ext-NAME-TIME, with the real-data floor at the same count)."""
+    from genbench.bench import external, scoring
+    from genbench.bench.run import summary_line
+
+    request = scoring.EvalRequest(
+        run_dir=run_dir, samples=samples, key=key, dataset=dataset, profile=profile, n_samples=n_samples,
+        networks=networks, n_test=n_test, iwae_k=iwae_k, sampler_steps=sampler_steps,
+        allow_few_samples=allow_few_samples, inception_weights=inception_weights, device=device,
+        data_dir=data_dir, cache_dir=cache_dir, name=name, results=results_dir,
+    )  # fmt: skip
+    scoring.check_request(request)
+    if run_dir is not None:
+        _load_plugins()
+        report, out_dir = scoring.reevaluate(request, echo=click.echo)
+        click.echo(summary_line(report))
+    else:
+        scored, out_dir = external.score_external(request, echo=click.echo)
+        click.echo(external.quality_line(scored.doc, scored.floors))
+    click.echo(f"-> {out_dir}", err=True)
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("-n", "n", type=click.IntRange(min=1), required=True, help="Number of samples.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="A .npz (uint8 (N, C, H, W) under the key 'images'; bench eval --samples reads it) or a .png grid.",
+)
+@click.option("--mode", default=None, help="Sample mode of the model (bench list).  [default: its first]")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="[default: the run's seed]")
+@device_option
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def sample(run_dir, n, out, mode, seed, device, progress) -> None:
+    """Draw N samples of a trained run with the weights it was evaluated with (EMA where it kept them)."""
+    from genbench.bench.sampling import sample_run
+
+    _load_plugins()
+    click.echo(sample_run(run_dir, n, out, mode=mode, seed=seed, device=device, progress=progress))

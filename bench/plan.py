@@ -1,0 +1,145 @@
+"""A run's plan: the resolved model, training and evaluation configs that decide its numbers, as
+written to config.json and read back on resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any
+
+from genbench.bench.data import default_feature_networks, get_dataset_spec
+from genbench.bench.timing import device_name
+from genbench.bench.train import RunOptions
+from genbench.core import files
+from genbench.core.errors import UserError
+from genbench.metrics.base import EVAL_PROFILES, EvalConfig
+from genbench.models.base import ORIGINS, TrainConfig, get_model_class, with_image_spec
+from genbench.models.plugins import is_spec
+
+
+class UsageError(UserError):
+    """A bad combination of options: exit status 2, like click's own usage errors."""
+
+    exit_code = 2
+
+
+def _as_data(obj: Any) -> Any:
+    """JSON round trip, so in-memory configs compare equal to the ones read back from config.json."""
+    return json.loads(json.dumps(files._jsonable(obj)))
+
+
+def _from_data(cls: type, values: dict[str, Any]):
+    """Rebuild a config dataclass from JSON data (lists back to tuples), rejecting unknown fields."""
+    if not isinstance(values, dict):
+        raise TypeError(f"{cls.__name__} must be a JSON object, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise UserError(
+            f"config.json has unknown {cls.__name__} fields {sorted(unknown)}; was it written by "
+            "another genbench version?"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = tuple(value) if isinstance(value, list) and _wants_tuple(hints[name]) else value
+    return cls(**kwargs)
+
+
+def _wants_tuple(hint: Any) -> bool:
+    return (
+        hint is tuple
+        or typing.get_origin(hint) is tuple
+        or any(_wants_tuple(a) for a in typing.get_args(hint))
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """Everything that decides a run's numbers; written to config.json."""
+
+    model: str
+    profile: str
+    seed: int
+    model_config: Any
+    train_config: TrainConfig
+    eval_config: EvalConfig
+    dataset: str = "mnist"  # bench.data registry name; --resume keeps it
+
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed into this run."""
+        return _as_data(
+            {
+                "model": self.model,
+                "dataset": self.dataset,
+                "model_config": self.model_config,
+                "train_config": self.train_config,
+                "seed": self.seed,
+            }
+        )
+
+
+def plan(
+    model: str,
+    profile: str,
+    seed: int,
+    train_overrides: dict[str, Any] | None = None,
+    eval_overrides: dict[str, Any] | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+    levels: int | None = None,
+    dataset: str = "mnist",
+) -> RunPlan:
+    """A run's resolved configs: the profile's, with single fields overridden, for the images of
+    ``dataset`` (its shape and levels unless ``image_shape``/``levels`` say otherwise). Feature
+    networks left unset (None) are the dataset's defaults for the profile."""
+    cls = get_model_class(model)
+    spec = get_dataset_spec(dataset)
+    model_config, train_config = cls.profiles[profile]()
+    try:
+        model_config = with_image_spec(model_config, image_shape or spec.image_shape, levels or spec.levels)
+        train_config = dataclasses.replace(train_config, **(train_overrides or {}))
+        eval_config = dataclasses.replace(EVAL_PROFILES[profile], **(eval_overrides or {}))
+        if eval_config.feature_networks is None:
+            eval_config = dataclasses.replace(
+                eval_config, feature_networks=default_feature_networks(dataset, profile)
+            )
+    except ValueError as exc:
+        raise UsageError(f"{cls.name} on {dataset}: {exc}") from None
+    return RunPlan(cls.name, profile, seed, model_config, train_config, eval_config, spec.name)
+
+
+def plan_from_config(config: dict[str, Any]) -> RunPlan:
+    # A family named by package.module:Class (no entry point) is imported again from its origin.
+    origin = config.get("model_origin")
+    cls = get_model_class(origin if is_spec(origin) else config["model"])
+    return RunPlan(
+        model=cls.name,
+        profile=config["profile"],
+        seed=int(config["seed"]),
+        model_config=_from_data(cls.Config, config["model_config"]),
+        train_config=_from_data(TrainConfig, config["train_config"]),
+        eval_config=_from_data(EvalConfig, config["eval_config"]),
+        dataset=config.get("dataset", "mnist"),  # written before datasets were chosen: MNIST
+    )
+
+
+def describe(plan: RunPlan, options: RunOptions) -> dict[str, Any]:
+    """The resolved config as data (config.json, and --dry-run's output)."""
+    return _as_data(
+        {
+            "model": plan.model,
+            "model_origin": ORIGINS.get(plan.model),
+            "profile": plan.profile,
+            "seed": plan.seed,
+            "dataset": plan.dataset,
+            "device": options.device.type,
+            "device_name": device_name(options.device),
+            "precision": options.precision,
+            "compile": options.compile,
+            "processes": options.processes,
+            "model_config": plan.model_config,
+            "train_config": plan.train_config,
+            "eval_config": plan.eval_config,
+        }
+    )
