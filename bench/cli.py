@@ -18,6 +18,7 @@ try:  # importing torch takes seconds: a Ctrl-C then has nothing to clean up and
         _load_plugins,
         _parse_models,
         _parse_name,
+        _parse_row_names,
         _parse_seeds,
         cache_dir_option,
         data_dir_option,
@@ -244,7 +245,12 @@ def run_worker() -> None:
     metavar="md,csv,latex,html",
     help="Comma-separated table formats.",
 )
-@click.option("--models", callback=_parse_models, metavar="NAMES", help="Only these models.")
+@click.option(
+    "--models",
+    callback=_parse_row_names,
+    metavar="NAMES",
+    help="Only these rows: model names (aliases allowed) or the names of scored external samples.",
+)
 @click.option("--profile", type=click.Choice(PROFILE_NAMES), default=None, help="Only this profile.")
 @click.option("--since", type=click.DateTime(), default=None, help="Only runs created at or after this time.")
 @click.option("--run", "run_ids", default="", metavar="RUN_IDS", help="Only these comma-separated run ids.")

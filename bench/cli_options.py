@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from genbench.bench.results import SEED_LIMIT, check_run_name
-from genbench.models.base import model_names
+from genbench.models.base import ALIASES, model_names
 
 
 def _options(*decorators):
@@ -136,6 +136,17 @@ def _parse_name(ctx, param, value: str | None) -> str | None:
         return check_run_name(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _parse_row_names(ctx, param, value: str | None) -> tuple[str, ...]:
+    """Report rows: a registered name or alias is its canonical name; any other name is kept as
+    written (external samples scored by `bench eval --samples` are rows without a family)."""
+    if value is None:
+        return ()
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise click.BadParameter(f"no name in {value!r}; e.g. vae,gan")
+    return tuple(dict.fromkeys(ALIASES.get(n, n) for n in names))
 
 
 def _given(**values) -> dict:

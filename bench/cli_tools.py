@@ -13,6 +13,7 @@ from genbench.bench.cli_options import (
     NETWORK_NAMES,
     _load_plugins,
     _parse_device,
+    _parse_name,
     cache_dir_option,
     data_dir_option,
     device_option,
@@ -179,7 +180,12 @@ def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
 @device_option
 @data_dir_option
 @cache_dir_option
-@click.option("--name", default=None, help="Result-folder suffix; with --samples also the row's name.")
+@click.option(
+    "--name",
+    default=None,
+    callback=_parse_name,
+    help="Result-folder suffix; with --samples also the row's name.",
+)
 @click.option(
     "--results",
     "results_dir",
@@ -224,7 +230,9 @@ def eval_(
     help="A .npz (uint8 (N, C, H, W) under the key 'images'; bench eval --samples reads it) or a .png grid.",
 )
 @click.option("--mode", default=None, help="Sample mode of the model (bench list).  [default: its first]")
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="[default: the run's seed]")
+@click.option(
+    "--seed", type=click.IntRange(0, SEED_LIMIT - 1), default=None, help="[default: the run's seed]"
+)
 @device_option
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def sample(run_dir, n, out, mode, seed, device, progress) -> None:

@@ -102,3 +102,14 @@ def test_overwrite_refuses_a_run_in_use(tmp_path):
     with results.run_lock(run_dir), pytest.raises(results.RunInUse, match="run in use"):
         results.create_run_dir(tmp_path, "gan-smoke-s0-a", overwrite=True)
     assert (run_dir / "history.csv").exists()
+
+
+def test_eval_and_sample_check_names_and_seeds_as_run_does(tmp_path):
+    """bench eval's --name becomes a folder name and bench sample's --seed a generator seed: the
+    same rules as bench run's, checked before anything is read or written."""
+    samples = tmp_path / "s.npz"
+    samples.write_bytes(b"")
+    result = invoke("eval", "--samples", samples, "--name", "../up", "--results", tmp_path / "r")
+    assert "--name" in one_line_error(result, 2) and not (tmp_path / "r").exists()
+    result = invoke("sample", tmp_path, "-n", "4", "--out", tmp_path / "x.npz", "--seed", "4294967296")
+    assert "--seed" in one_line_error(result, 2) and not (tmp_path / "x.npz").exists()

@@ -319,6 +319,18 @@ def test_filters(results):
         report.load_results(results, runs=("nope",))
 
 
+
+def test_report_models_takes_aliases_and_names_without_a_family(results, tmp_path):
+    """--models names rows: an alias is its family, and a name no family has (external samples
+    scored by `bench eval --samples`) is looked for among the results, not refused as unknown."""
+    args = ("report", "--results", results, "--out", tmp_path / "r", "--format", "md", "--no-figures")
+    result = invoke(*args, "--models", "realnvp")
+    assert result.exit_code == 0, result.output
+    assert "| flow " in result.stdout and "| vae " not in result.stdout
+    error = one_line_error(invoke(*args, "--models", "their-gan"), 1)
+    assert "no finished runs of their-gan" in error and "models found: flow, gan, vae" in error
+
+
 # --------------------------------------------------------------------------------------------------
 # Robustness
 
