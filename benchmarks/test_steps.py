@@ -63,10 +63,10 @@ def fake_batch(n: int, shape: tuple[int, int, int], device: torch.device, seed: 
     return (ink.to(torch.uint8) * 255).to(device)
 
 
-def _build(name: str, profile: str, device: torch.device, precision: str):
+def _build(name: str, profile: str, device: torch.device, precision: str, compile: bool = False):
     torch.manual_seed(0)
     model, cfg = models.build(name, profile)
-    prepare_model(model, device)
+    prepare_model(model, device, compile=compile)
     return model, cfg
 
 
@@ -79,9 +79,10 @@ def _info(model: GenerativeModel, device: torch.device, precision: str, batch_si
     }
 
 
-def step_case(name: str, profile: str, device: torch.device, precision: str) -> Case:
-    """One ``train_step`` of ``name`` at ``profile``: batch 128 at quick, the profile's own elsewhere."""
-    model, cfg = _build(name, profile, device, precision)
+def step_case(name: str, profile: str, device: torch.device, precision: str, compile: bool = False) -> Case:
+    """One ``train_step`` of ``name`` at ``profile``: batch 128 at quick, the profile's own elsewhere;
+    with ``compile``, the step ``bench run --compile`` trains with (compiled during the warm-up)."""
+    model, cfg = _build(name, profile, device, precision, compile)
     batch_size = QUICK_BATCH if profile == "quick" else cfg.batch_size
     x = fake_batch(batch_size, model.image_shape, device)  # (B, C, H, W) uint8
     optimizers = Optimizers(model, cfg, total_steps=1000, device=device)
@@ -93,7 +94,8 @@ def step_case(name: str, profile: str, device: torch.device, precision: str) -> 
         synchronize(device)
         return terms
 
-    return Case(step, batch_size, model, optimizers, _info(model, device, precision, batch_size))
+    info = _info(model, device, precision, batch_size) | {"compile": compile}
+    return Case(step, batch_size, model, optimizers, info)
 
 
 def sample_case(name: str, profile: str, device: torch.device, n: int = N_SAMPLES) -> Case:
@@ -132,6 +134,16 @@ def measure(benchmark, case: Case) -> Any:
 def test_train_step(benchmark, device, precision, name, profile):
     benchmark.group = f"train_step {profile}"
     terms = measure(benchmark, step_case(name, profile, device, precision))
+    assert "loss" in terms
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_train_step_compiled(benchmark, device, precision, name):
+    """The quick step under torch.compile, beside test_train_step's eager one in the same group."""
+    benchmark.group = "train_step quick"
+    case = step_case(name, "quick", device, precision, compile=True)
+    case.fn()  # compiles: seconds, which measure's probe must not take for the step's cost
+    terms = measure(benchmark, case)
     assert "loss" in terms
 
 
