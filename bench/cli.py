@@ -98,7 +98,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="CPU threads for torch (on cores shared with other jobs, 1 can be several times faster).",
+    help="CPU threads for torch.  [default: the usable cores other programs leave free, measured "
+    "before each run and recorded in config.json; OMP_NUM_THREADS if set]",
 )
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the profile's epochs.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Override the batch size.")

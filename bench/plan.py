@@ -138,6 +138,7 @@ def describe(plan: RunPlan, options: RunOptions) -> dict[str, Any]:
             "precision": options.precision,
             "compile": options.compile,
             "processes": options.processes,
+            "threads": options.threads,
             "model_config": plan.model_config,
             "train_config": plan.train_config,
             "eval_config": plan.eval_config,

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from genbench.bench import distributed, results
+from genbench.bench import distributed, results, threads
 from genbench.bench.checkpoint import load_checkpoint
 from genbench.bench.data import (
     MNIST,
@@ -339,9 +340,20 @@ def _processes(request: RunRequest) -> int:
     return max(world, request.nproc)
 
 
+def _threads(
+    request: RunRequest, device: torch.device, config: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Set torch's CPU threads for the next run (bench.threads); its record for config.json."""
+    if device.type != "cpu":
+        if request.threads is not None:
+            torch.set_num_threads(request.threads)
+        return None
+    recorded = ((config or {}).get("threads") or {}).get("threads")
+    choice = threads.decide(request.threads, recorded, share=distributed.launched_world())
+    return threads.apply(choice).record()
+
+
 def _run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, Any]]:
-    if request.threads is not None:
-        torch.set_num_threads(request.threads)
     device = _device(request)
     processes = _processes(request)
     distributed.check_launch(device, processes)
@@ -401,9 +413,13 @@ def _run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, A
     _check_fits([p for p, _ in targets], len(data.train))
     reports, failures = [], []
     with StopFlag() as stop:  # from here on every exit leaves each started run's status final
-        for run_plan, run_dir in targets:
+        began = time.monotonic()
+        for i, (run_plan, run_dir) in enumerate(targets):
+            options = dataclasses.replace(
+                options, threads=_threads(request, device, config if run_dir is not None else None)
+            )
             run_dir = run_dir or distributed.on_rank_zero(
-                lambda run_plan=run_plan: start(
+                lambda run_plan=run_plan, options=options: start(
                     run_plan,
                     options,
                     request.out,
@@ -413,7 +429,11 @@ def _run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, A
                 )
             )
             what = f"{run_plan.model} seed {run_plan.seed} ({run_plan.profile})"
-            echo(f"{what} on {device} -> {run_dir}", err=True)
+            where = f"{device}, {options.threads['threads']} threads" if options.threads else f"{device}"
+            echo(
+                f"{_position(i, len(targets), time.monotonic() - began)}{what} on {where} -> {run_dir}",
+                err=True,
+            )
             try:
                 report = execute(
                     run_dir, data, options, resume=run_dir == request.resume, cache_dir=cache, stop=stop
@@ -433,6 +453,16 @@ def _run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, A
     if failures:
         raise UserError(f"{len(failures)} of {len(targets)} runs failed: " + "; ".join(failures))
     return reports
+
+
+def _position(i: int, n: int, elapsed: float) -> str:
+    """ "[run 2 of 5, 1m40s elapsed, ~6m40s to go] " for the run about to start (the expected rest
+    from the mean of the runs so far); "" for a single run."""
+    if n == 1:
+        return ""
+    clock = lambda s: f"{int(s) // 60}m{int(s) % 60:02d}s"  # noqa: E731
+    rest = f", ~{clock(elapsed / i * (n - i))} to go" if i else ""
+    return f"[run {i + 1} of {n}, {clock(elapsed)} elapsed{rest}] "
 
 
 def _check_resumable(run_dir: Path, reevaluate: bool) -> None:

@@ -85,6 +85,7 @@ class RunOptions:
     progress: bool = True
     warmup_steps: int = 5  # steps excluded from the throughput figure (allocator, cudnn autotune, compile)
     processes: int = 1  # data-parallel ranks (torchrun): the same global batches, each rank a slice
+    threads: dict[str, Any] | None = None  # bench.threads.ThreadChoice.record() of a CPU run
 
 
 class StopFlag:

@@ -12,6 +12,11 @@ from genbench.bench.data import MNIST, MNIST_FILES, raw_dir, resolve_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The runs tests start take a fixed CPU thread count, not one from the machine's load at that moment
+# (bench.threads), so their numbers do not depend on what else CI runs; tests/test_threads.py tests
+# the adaptive choice itself.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def pytest_configure(config) -> None:
     """Plug-in families named in GENBENCH_PLUGINS (comma-separated package.module:ClassName specs or

@@ -232,3 +232,11 @@ def test_stop_flag_leaves_the_handlers_as_it_found_them():
     with train.StopFlag():
         assert signal.getsignal(signal.SIGTERM) is not before
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_job_of_several_runs_says_where_it_is():
+    from genbench.bench.run import _position
+
+    assert _position(0, 1, 0.0) == ""
+    assert _position(0, 5, 0.4) == "[run 1 of 5, 0m00s elapsed] "
+    assert _position(2, 5, 100.0) == "[run 3 of 5, 1m40s elapsed, ~2m30s to go] "

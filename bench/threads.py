@@ -1,0 +1,111 @@
+"""CPU threads for torch that do not oversubscribe cores other programs are using.
+
+torch's default intra-op thread count is every core the process may use. On a laptop some of them
+are busy (a browser, an IDE, a compile), and a thread pool that waits for its slowest thread then
+runs at the speed of the one sharing a core: measured on 2 cores, one competing busy process makes
+a 2-thread VAE step 2.7x slower, while 1 thread keeps its idle speed. So unless the user forces a
+number (``--threads``, or ``OMP_NUM_THREADS`` in the environment), each run takes
+
+    threads = max(1, round(usable cores - cores busy with other processes))
+
+measured from /proc/stat over a short window just before each run starts (where /proc/stat is not
+readable: every usable core); a job of several runs checks again before each. The choice and what
+it was based on are recorded in config.json. A thread count can change the last bits of a CPU
+result (the order of a parallel sum), so a resumed run takes the count recorded in its config.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import torch
+
+PROC_STAT = Path("/proc/stat")
+WINDOW_S = 0.3  # long enough for a busy core to show, short against a run's start-up
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreadChoice:
+    threads: int
+    usable: int  # cores this process may run on
+    busy: float | None  # cores busy with other processes over the window (None: not measured)
+    reason: str  # "--threads", "OMP_NUM_THREADS", "resumed run", "load", or "all usable cores"
+
+    def record(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _cpu_times(stat: Path) -> tuple[float, float] | None:
+    """(busy, total) jiffies of all cores from /proc/stat's first line, or None."""
+    try:
+        fields = [float(v) for v in stat.read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 4:
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])  # guest time is already inside user time
+
+
+def busy_cores(window_s: float = WINDOW_S, stat: Path = PROC_STAT) -> float | None:
+    """Cores kept busy by other processes over ``window_s``, or None where /proc/stat cannot be
+    read."""
+    before, own_before, t0 = _cpu_times(stat), time.process_time(), time.perf_counter()
+    if before is None:
+        return None
+    time.sleep(window_s)
+    after, own_after, t1 = _cpu_times(stat), time.process_time(), time.perf_counter()
+    if after is None:
+        return None
+    return others_busy(before, after, (own_after - own_before) / (t1 - t0), os.cpu_count() or 1)
+
+
+def others_busy(
+    before: tuple[float, float], after: tuple[float, float], own_cores: float, cores: int
+) -> float | None:
+    """Busy cores of other processes between two (busy, total) snapshots: the machine's busy share
+    times its cores, less this process's own use over the window (``own_cores``)."""
+    if after[1] <= before[1]:
+        return None
+    machine = (after[0] - before[0]) / (after[1] - before[1]) * cores
+    return max(0.0, machine - own_cores)
+
+
+def choose(usable: int, busy: float | None) -> int:
+    """The thread count for ``usable`` cores of which ``busy`` are taken by other processes."""
+    if busy is None:
+        return usable
+    return max(1, min(usable, int(usable - busy + 0.5)))
+
+
+def decide(forced: int | None = None, recorded: int | None = None, share: int = 1) -> ThreadChoice:
+    """The thread count for a run: forced, else the environment's, else the resumed run's, else
+    from the current load. ``share``: processes of this run on the machine (data-parallel ranks
+    start together, so each takes its part of the cores rather than measuring the others)."""
+    usable = max(1, usable_cores() // share)
+    if forced is not None:
+        return ThreadChoice(forced, usable, None, "--threads")
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return ThreadChoice(int(env), usable, None, "OMP_NUM_THREADS")
+    if recorded is not None:
+        return ThreadChoice(recorded, usable, None, "resumed run")
+    busy = busy_cores() if share == 1 else None
+    return ThreadChoice(
+        choose(usable, busy), usable, busy, "load" if busy is not None else "all usable cores"
+    )
+
+
+def apply(choice: ThreadChoice) -> ThreadChoice:
+    torch.set_num_threads(choice.threads)
+    return choice
