@@ -132,7 +132,7 @@ def test_bad_samples_are_one_line_and_write_nothing(tmp_path, case):
         (("--key", "nope"), "--key nope: "),
         (("--n-test", 10), "--n-test does not apply to --samples"),
         (("--sampler-steps", 10), "--sampler-steps does not apply to --samples"),
-        (("--name", "a/b"), "--name 'a/b'"),
+        (("--name", "a/b"), "'a/b' is not a run name"),
     ],
 )
 def test_bad_options_for_samples_are_usage_errors(tmp_path, args, needle):
