@@ -8,9 +8,10 @@ number (``--threads``, or ``OMP_NUM_THREADS`` in the environment), each run take
 
     threads = max(1, round(usable cores - cores busy with other processes))
 
-measured from /proc/stat over a short window just before each run starts (where /proc/stat is not
-readable: every usable core); a job of several runs checks again before each. The choice and what
-it was based on are recorded in config.json. A thread count can change the last bits of a CPU
+measured from /proc/stat over three short windows just before each run starts (the least of them:
+a program holding a core shows in all three, one starting or exiting in one; where /proc/stat is
+not readable: every usable core); a job of several runs checks again before each. The choice and
+what it was based on are recorded in config.json. A thread count can change the last bits of a CPU
 result (the order of a parallel sum), so a resumed run takes the count recorded in its config.json.
 """
 
@@ -24,7 +25,8 @@ from pathlib import Path
 import torch
 
 PROC_STAT = Path("/proc/stat")
-WINDOW_S = 0.3  # long enough for a busy core to show, short against a run's start-up
+WINDOW_S = 0.2  # long enough for a busy core to show (20 jiffies a core), short against start-up
+WINDOWS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,17 +59,23 @@ def _cpu_times(stat: Path) -> tuple[float, float] | None:
     return sum(fields[:8]) - idle, sum(fields[:8])  # guest time is already inside user time
 
 
-def busy_cores(window_s: float = WINDOW_S, stat: Path = PROC_STAT) -> float | None:
-    """Cores kept busy by other processes over ``window_s``, or None where /proc/stat cannot be
-    read."""
-    before, own_before, t0 = _cpu_times(stat), time.process_time(), time.perf_counter()
-    if before is None:
-        return None
-    time.sleep(window_s)
-    after, own_after, t1 = _cpu_times(stat), time.process_time(), time.perf_counter()
-    if after is None:
-        return None
-    return others_busy(before, after, (own_after - own_before) / (t1 - t0), os.cpu_count() or 1)
+def busy_cores(window_s: float = WINDOW_S, stat: Path = PROC_STAT, windows: int = WINDOWS) -> float | None:
+    """Cores kept busy by other processes: the least over ``windows`` back-to-back windows of
+    ``window_s`` (a program that holds a core shows in every one, a process starting or exiting
+    in one), or None where /proc/stat cannot be read."""
+    found = []
+    for _ in range(windows):
+        before, own_before, t0 = _cpu_times(stat), time.process_time(), time.perf_counter()
+        if before is None:
+            return None
+        time.sleep(window_s)
+        after, own_after, t1 = _cpu_times(stat), time.process_time(), time.perf_counter()
+        if after is None:
+            return None
+        busy = others_busy(before, after, (own_after - own_before) / (t1 - t0), os.cpu_count() or 1)
+        if busy is not None:
+            found.append(busy)
+    return min(found) if found else None
 
 
 def others_busy(
