@@ -55,12 +55,12 @@ def main() -> None:
         for damage, label, strengths in DAMAGES:
             for s in strengths:
                 value = fid(damage(test, s), test)
-                print(f"| {name} | {label.format(s)} | {value:.2f} | {value / floor:.0f} |")
+                print(f"| {name} | {label.format(s)} | {value:.2f} | {value / floor:.1f} |")
         n = len(data.test)
         whole_floor = fid(data.train[subset_indices(len(data.train), n, 0)], data.test)
         value = fid(shift(data.test, 2), data.test)
         print(f"| {name} | whole test set: floor ({n} training images) | {whole_floor:.3f} | 1 |")
-        print(f"| {name} | whole test set: shift 2 px | {value:.2f} | {value / whole_floor:.0f} |")
+        print(f"| {name} | whole test set: shift 2 px | {value:.2f} | {value / whole_floor:.1f} |")
 
 
 if __name__ == "__main__":
