@@ -518,6 +518,7 @@ def test_format_number():
     assert report.format_number(1234567.0) == "1,234,567"
     assert report.format_number(95000.0) == "95,000"
     assert report.format_number(0.0004) == "4.00e-04"
+    assert report.format_number(776.0) == "776" and report.format_number(776.5) == "776.5"
 
 
 def test_best_marking_needs_a_difference():

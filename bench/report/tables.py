@@ -432,9 +432,12 @@ def _decimals(x: float, significant: int = 4) -> int:
 
 
 def format_number(x: float) -> str:
-    """Four significant digits with thousands separators; tiny numbers in scientific notation."""
+    """Four significant digits with thousands separators; tiny numbers in scientific notation; a
+    whole number from 100 up (a count: steps, parameters) without a decimal point."""
     if not math.isfinite(x):
         return str(x)
+    if abs(x) >= 100 and x == int(x):
+        return f"{x:,.0f}"
     if x != 0 and abs(x) < 1e-3:
         return f"{x:.2e}"
     return f"{x:,.{_decimals(x)}f}"
