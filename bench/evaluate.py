@@ -76,8 +76,10 @@ def evaluate(
     train_summary: dict[str, Any] | None = None,
     run_dir: Path | None = None,
     cache_dir: Path | None = None,
+    progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """{metrics.json key: entry} for every output of every registered metric, per sample mode."""
+    """{metrics.json key: entry} for every output of every registered metric, per sample mode;
+    ``progress``: a bar (or a log line) for each step that goes over images."""
     model.eval()
     ctx = EvalContext(
         model=model,
@@ -88,6 +90,7 @@ def evaluate(
         run_dir=run_dir,
         cache_dir=cache_dir,
         train_summary=dict(train_summary or {}),
+        progress=progress,
     )
     check_not_collapsed(model, ctx.samples(), data.test)
     modes = model.sample_modes()

@@ -160,7 +160,7 @@ def execute(
                 results.set_status(run_dir, "running", "evaluating; training is complete and checkpointed")
             entries = evaluate(
                 model, data, plan.eval_config, options.device, plan.seed, summary,
-                run_dir if writer else None, cache_dir,
+                run_dir if writer else None, cache_dir, progress=options.progress,
             )  # fmt: skip
             stop.phase = "writing results"
             protocol = protocol_block(

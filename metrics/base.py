@@ -8,6 +8,7 @@ metrics a model supports and records "n/a" with the reason for the others.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +16,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from genbench.core.distributed import derive_seed, map_batches, world_size
+from genbench.core.distributed import derive_seed, map_batches, rank, world_size
 from genbench.core.schema import Output, Value
 
 NEEDS = ("samples", "likelihood", "importance_weighted", "reconstruct")
@@ -126,6 +128,7 @@ class EvalContext:
     cache_dir: Path | None = None  # real-data feature statistics
     train_summary: dict[str, Any] = dataclasses.field(default_factory=dict)  # from bench.train
     mode: str | None = None  # the sample mode metrics see now; None: the model's default
+    progress: bool = False  # a progress bar (a start line in a log) for each batched step
     _samples: dict[str | None, Tensor] = dataclasses.field(default_factory=dict)
     # Per mode: (images timed, seconds). The first batch is the warm-up (allocator, kernels, lazy
     # caches) and is excluded when there are several; a single batch is timed as it is.
@@ -138,8 +141,20 @@ class EvalContext:
         index = subset_indices(len(test), n if n is not None else self.config.n_test, self.config.subset_seed)
         return test if index is None else test[index.to(test.device)]
 
+    def bar(self, what: str, total: int) -> tqdm:
+        """A progress bar over ``total`` images on a terminal (rank 0); in a log, one line saying
+        what starts; nothing without ``progress``."""
+        show, terminal = self.progress and rank() == 0, sys.stderr.isatty()
+        if show and not terminal:
+            print(f"evaluation: {what}, {total} images", file=sys.stderr, flush=True)
+        return tqdm(total=total, desc=what, unit="img", leave=False, disable=not (show and terminal))
+
     def per_image(
-        self, fn: Callable[[Tensor], Tensor], images: Tensor, batch_size: int | None = None
+        self,
+        fn: Callable[[Tensor], Tensor],
+        images: Tensor,
+        batch_size: int | None = None,
+        what: str = "evaluating",
     ) -> Tensor:
         """fn over batches of images (moved to the device) under inference mode; results concatenated
         in float64 on the CPU so long sums do not lose precision. Batch i draws its noise
@@ -150,9 +165,12 @@ class EvalContext:
         def batch(index: int, start: int, stop: int) -> Tensor:
             torch.manual_seed(derive_seed("per_image", self.seed, index))
             with torch.inference_mode():
-                return fn(images[start:stop].to(self.device)).double().cpu()
+                out = fn(images[start:stop].to(self.device)).double().cpu()
+            progress.update(stop - start)
+            return out
 
-        return torch.cat(map_batches(batch, len(images), size))
+        with self.bar(what, len(images)) as progress:
+            return torch.cat(map_batches(batch, len(images), size))
 
     def samples(self) -> Tensor:
         """config.n_samples generated uint8 images (CPU) of the current sample mode, timed; the
@@ -163,9 +181,12 @@ class EvalContext:
             def batch(index: int, start: int, stop: int) -> tuple[Tensor, float]:
                 begin = self._synchronized_clock()
                 images = sample_batch(self.model, index, stop - start, self.seed, self.mode, self.device)
+                progress.update(stop - start)
                 return images, self._synchronized_clock() - begin
 
-            drawn = map_batches(batch, self.config.n_samples, self.config.sample_batch_size(self.device))
+            what = f"sampling [{self.mode}]" if self.mode else "sampling"
+            with self.bar(what, self.config.n_samples) as progress:
+                drawn = map_batches(batch, self.config.n_samples, self.config.sample_batch_size(self.device))
             self._samples[self.mode] = torch.cat([images for images, _ in drawn])
             self.sampling_timed[self.mode] = _timed(drawn, world_size())
         return self._samples[self.mode]

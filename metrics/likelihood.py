@@ -40,7 +40,7 @@ def _nll_values(
 @register_metric("likelihood", needs=("likelihood",), outputs=(NLL, BPD))
 def likelihood(ctx: EvalContext) -> dict[str, Value]:
     """Exact NLL (PixelCNN, RealNVP) or a negative variational bound (VAE, diffusion)."""
-    nll = -ctx.per_image(ctx.model.log_prob, ctx.test_images())
+    nll = -ctx.per_image(ctx.model.log_prob, ctx.test_images(), what="likelihood")
     return _nll_values(nll, ctx, NLL, BPD, ctx.model.likelihood_kind(), ctx.model.likelihood_estimator())
 
 
@@ -51,5 +51,5 @@ def iwae(ctx: EvalContext) -> dict[str, Value]:
     expectation."""
     k = ctx.config.iwae_k
     images = ctx.test_images(ctx.config.iwae_images or ctx.config.n_test)
-    nll = -ctx.per_image(lambda x: ctx.model.iwae_log_prob(x, k), images, batch_size=32)
+    nll = -ctx.per_image(lambda x: ctx.model.iwae_log_prob(x, k), images, batch_size=32, what=f"IWAE k={k}")
     return _nll_values(nll, ctx, IWAE_NLL, IWAE_BPD, "estimate", f"IWAE, k={k}", k)

@@ -25,7 +25,7 @@ def reconstruction(ctx: EvalContext) -> dict[str, Value]:
         bce = F.binary_cross_entropy(recon, target, reduction="none").flatten(1).sum(1)  # (B,)
         return torch.stack([mse, bce], 1)  # (B, 2)
 
-    per_image = ctx.per_image(errors, images)  # (N, 2)
+    per_image = ctx.per_image(errors, images, what="reconstruction")  # (N, 2)
     protocol = {
         "split": "test",
         "n_images": len(images),

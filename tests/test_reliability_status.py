@@ -215,6 +215,7 @@ def test_progress_in_a_log_is_plain_lines(tmp_path, data):
     assert result.exit_code == 0, result.output
     assert "\r" not in result.output
     assert "gan s0: step 5/30, loss " in result.output
+    assert "evaluation: sampling, 130 images" in result.output  # each evaluation step says it starts
 
 
 def test_train_classifier_checks_out_before_training(tmp_path, monkeypatch):
