@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from genbench import models
+from genbench.bench import threads
 from genbench.bench.data import MNIST, batches, epoch_order, load_mnist, raw_dir, resolve_data_dir
 from genbench.bench.device import prepare_model, resolve_device
 from genbench.bench.timing import device_name, synchronize
@@ -251,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--num-workers", type=int, default=0, help="DataLoader workers of the plain loop (default: 0)"
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: as bench run picks them)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
     parser.add_argument("--seed", type=int, default=Plan.seed)
     args = parser.parse_args(argv)
@@ -260,14 +263,13 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, option) < 1:
                 raise UserError(f"--{option.replace('_', '-')} must be at least 1")
         names = [models.get_model_class(n.strip()).name for n in args.models.split(",") if n.strip()]
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
+        choice = threads.apply(threads.decide(args.threads))  # bench run's own choice unless forced
         device = resolve_device(args.device)
         plan = Plan(args.steps, args.warmup, args.batch_size, args.seed, args.num_workers)
         print(
             f"{plan.steps} timed steps after {plan.warmup} warm-up, batch {plan.batch_size}, "
             f"{args.repeats} alternating rounds, DataLoader num_workers={plan.num_workers}, "
-            f"{device_name(device)}",
+            f"{device_name(device)}, {choice.threads} threads ({choice.reason})",
             flush=True,
         )
         runs = compare(names, resolve_data_dir(args.data_dir), plan, device, args.repeats)
