@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from genbench.bench.checkpoint import LoopState, restore, save_checkpoint
 from genbench.bench.data import MNIST, epoch_order
-from genbench.bench.device import autocast
+from genbench.bench.device import autocast, exact_fp32
 from genbench.bench.distributed import (
     any_rank,
     broadcast_,
@@ -151,10 +151,10 @@ def validate(
     model: GenerativeModel, images: torch.Tensor, batch_size: int, options: RunOptions, seed: int = 0
 ) -> dict[str, float]:
     """Mean of the model's loss terms over ``images``; bits/dim too for likelihood models (whose
-    "loss" is the NLL, or negative bound, in nats per image). Runs in fp32 like the evaluation, so
-    validation bits/dim are comparable with the final ones. Each batch draws its noise from
-    (seed, batch) on a forked generator, leaving the training stream as it was; under torchrun the
-    batches are split across ranks, giving a single process's numbers."""
+    "loss" is the NLL, or negative bound, in nats per image). Runs in fp32 like the evaluation (no
+    TF32 either: ``exact_fp32``), so validation bits/dim are comparable with the final ones. Each
+    batch draws its noise from (seed, batch) on a forked generator, leaving the training stream as
+    it was; under torchrun the batches are split across ranks, giving a single process's numbers."""
 
     def sums(index: int, start: int, stop: int) -> dict[str, float]:
         torch.manual_seed(derive_seed("validation", seed, index))
@@ -164,7 +164,7 @@ def validate(
         }
 
     model.eval()
-    with torch.random.fork_rng(devices=_rng_devices(options.device)):
+    with torch.random.fork_rng(devices=_rng_devices(options.device)), exact_fp32():
         per_batch = map_batches(sums, len(images), batch_size)
     model.train()
     means = {key: sum(batch[key] for batch in per_batch) / len(images) for key in per_batch[0]}

@@ -107,3 +107,15 @@ def test_evaluate_runs_in_exact_fp32_and_records_the_sample_batch(tf32_on, monke
     assert seen == [("highest", False, False)]
     assert entries["flags"]["protocol"] == {"n_samples": 12, "sample_batch": 5}
     assert tf32_flags() == ("high", True, True)
+
+
+def test_validation_runs_in_exact_fp32(tf32_on, fake_data):
+    """Validation bits/dim are compared with the evaluation's: no TF32 in them either."""
+    from genbench.bench.train import RunOptions, validate
+
+    seen = []
+    model, _ = models.build("flow", "smoke")
+    loss = model.loss
+    model.loss = lambda x: seen.append(tf32_flags()) or loss(x)
+    validate(model, fake_data.val[:8], 4, RunOptions(device=CPU))
+    assert seen == [("highest", False, False)] * 2 and tf32_flags() == ("high", True, True)
