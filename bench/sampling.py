@@ -110,12 +110,14 @@ def sample_run(
     progress: bool = True,
 ) -> str:
     """Write n samples of a run to ``out`` (.npz with "images", or a PNG grid); returns one line
-    saying what was written. The seed defaults to the run's, the batch size to its evaluation's."""
+    saying what was written. The seed defaults to the run's, the batch size to its evaluation's on
+    this device (batch i is drawn from (seed, i), so the same batches give the evaluation's images)."""
     output_format(out, n)  # a bad --out fails before the model is loaded
     loaded = load_run(run_dir, resolve_device(device))
     mode = check_mode(loaded.model, mode)
     seed = loaded.plan.seed if seed is None else seed
-    images = draw(loaded.model, n, mode, seed, batch_size or loaded.plan.eval_config.batch_size, progress)
+    batch_size = batch_size or loaded.plan.eval_config.sample_batch_size(loaded.model.device)
+    images = draw(loaded.model, n, mode, seed, batch_size, progress)
     write_samples(out, images, loaded.model.levels)
     described = loaded.model.sample_modes()[mode]
     how = f"step {loaded.state.get('step')}, mode {mode}" + (f": {described}" if described else "")

@@ -156,6 +156,20 @@ def test_sample_writes_the_runs_samples_as_a_npz(run_dir, tmp_path):
     assert not np.array_equal(fresh, images)
 
 
+def test_sample_draws_at_the_evaluations_batch_for_its_device(run_dir, tmp_path, monkeypatch):
+    """Batch i is drawn from (seed, i): bench sample gives the evaluation's images only at the
+    evaluation's batch size on that device (2000 on CUDA in the full profile, not 256)."""
+    from genbench.bench import sampling
+    from genbench.metrics.base import EvalConfig
+
+    seen, draw = [], sampling.draw
+    monkeypatch.setattr(EvalConfig, "sample_batch_size", lambda self, device: 3)
+    monkeypatch.setattr(sampling, "draw", lambda *a: seen.append(a[4]) or draw(*a))
+    ran = invoke("sample", run_dir, "-n", 5, "--out", tmp_path / "a.npz", "--no-progress")
+    assert ran.exit_code == 0, ran.output
+    assert seen == [3]
+
+
 def test_sample_writes_a_png_grid_for_a_few_and_refuses_many(run_dir, tmp_path):
     assert invoke("sample", run_dir, "-n", 16, "--out", tmp_path / "g.png", "--mode", "sample").exit_code == 0
     assert (tmp_path / "g.png").read_bytes().startswith(b"\x89PNG")
