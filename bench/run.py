@@ -206,23 +206,21 @@ def budget_line(report: dict[str, Any]) -> str | None:
     )
 
 
-# Shown in the one line printed per finished run, in this order, each with its protocol.
-SUMMARY_KEYS = (
-    "bpd",
-    "iwae_bpd",
-    "recon_mse",
-    "fid_mnist",
-    "is_mnist",
-    "train_images_per_s",
-    "sample_images_per_s",
-)
+def summary_keys(protocol: dict[str, Any]) -> tuple[str, ...]:
+    """The metrics.json keys shown in the one line printed per finished run, in order: the
+    likelihood in the unit the protocol's literature uses (nats per image at 2 levels, bits/dim
+    otherwise), reconstruction, FID and IS with the protocol's first feature network, speeds."""
+    likelihood = ("nll_nats", "iwae_nats") if protocol.get("levels") == 2 else ("bpd", "iwae_bpd")
+    networks = list(protocol.get("feature_networks") or ())
+    quality = (f"fid_{networks[0]}", f"is_{networks[0]}") if networks else ()
+    return (*likelihood, "recon_mse", *quality, "train_images_per_s", "sample_images_per_s")
 
 
 def summary_line(report: dict[str, Any]) -> str:
     """One line per finished run for the terminal, each number with its protocol."""
     m = report["metrics"]
     parts = []
-    for key in SUMMARY_KEYS:
+    for key in summary_keys(report["protocol"]):
         entry = m.get(key)
         if entry is None or entry["value"] is None:
             continue

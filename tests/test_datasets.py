@@ -218,3 +218,31 @@ def test_real_datasets_end_to_end(dataset, model, network, mnist_dir, tmp_path):
         assert protocol["levels"] == 2 and "seed" in protocol["binarization"]
         assert metrics["nll_nats"]["unit"] == "nats/image" and metrics["nll_nats"]["protocol"]["levels"] == 2
         assert {e["model"] for e in published_for(protocol)} >= {"PixelCNN", "IWAE (k=50)"}
+
+
+def test_the_printed_line_follows_the_protocols_network_and_unit():
+    """Each run's one printed line: FID with the dataset's own network, nats per image at 2 levels."""
+    from genbench.bench.run import summary_line
+
+    def entry(label, value, unit, kind=None):
+        return {"label": label, "value": value, "unit": unit, "kind": kind, "protocol": {}, "estimator": None}
+
+    metrics = {
+        "bpd": entry("Bits/dim", 0.15, "bits/dim", "bound"),
+        "nll_nats": entry("NLL", 81.5, "nats/image", "bound"),
+        "fid_mnist": entry("FID (mnist)", 9.0, "-"),
+        "fid_fashion-mnist": entry("FID (fashion-mnist)", 13.2, "-"),
+    }
+    report = {"run_id": "r", "seed": 0, "metrics": metrics}
+    fashion = summary_line(
+        report | {"protocol": {"device": "cpu", "levels": 256, "feature_networks": {"fashion-mnist": "ab"}}}
+    )
+    assert (
+        "FID (fashion-mnist) 13.2" in fashion
+        and "FID (mnist)" not in fashion
+        and "Bits/dim <= 0.15" in fashion
+    )
+    binary = summary_line(
+        report | {"protocol": {"device": "cpu", "levels": 2, "feature_networks": {"mnist": "cd"}}}
+    )
+    assert "NLL <= 81.5 nats/image" in binary and "Bits/dim" not in binary and "FID (mnist) 9" in binary
