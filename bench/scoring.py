@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +40,6 @@ from genbench.metrics.performance import PEAK_MEMORY, TRAIN_SPEED, WALL_TIME
 EVALUATION = "bench eval of a checkpoint"
 EVAL_INFIX = "+eval-"
 SAMPLER_STEPS_FIELD = "sample_steps"  # the model-config field --sampler-steps sets (the diffusion family's)
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # --name: part of a folder name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +85,11 @@ def check_request(request: EvalRequest) -> None:
     for net in request.networks:
         if net not in NETWORKS:
             raise UsageError(f"--network {net}: choose from {', '.join(NETWORKS)}")
-    if request.name is not None and not NAME.fullmatch(request.name):
-        raise UsageError(f"--name {request.name!r}: use letters, digits, '_', '.' and '-'")
+    if request.name is not None:
+        try:
+            results.check_run_name(request.name)  # it becomes part of a folder name, as a run's does
+        except ValueError as exc:
+            raise UsageError(f"--name: {exc}") from None
 
 
 def eval_config(

@@ -113,3 +113,13 @@ def test_eval_and_sample_check_names_and_seeds_as_run_does(tmp_path):
     assert "--name" in one_line_error(result, 2) and not (tmp_path / "r").exists()
     result = invoke("sample", tmp_path, "-n", "4", "--out", tmp_path / "x.npz", "--seed", "4294967296")
     assert "--seed" in one_line_error(result, 2) and not (tmp_path / "x.npz").exists()
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "-lead", "a b"])
+def test_an_evaluation_name_follows_the_run_name_rule_from_python_too(name, tmp_path):
+    """EvalRequest.name becomes part of a folder name (RUN_DIR+eval-NAME): the one rule of run names."""
+    from genbench.bench import scoring
+
+    request = scoring.EvalRequest(run_dir=tmp_path, name=name)
+    with pytest.raises(UserError, match=r"--name: .* is not a run name"):
+        scoring.check_request(request)
