@@ -319,7 +319,6 @@ def test_filters(results):
         report.load_results(results, runs=("nope",))
 
 
-
 def test_report_models_takes_aliases_and_names_without_a_family(results, tmp_path):
     """--models names rows: an alias is its family, and a name no family has (external samples
     scored by `bench eval --samples`) is looked for among the results, not refused as unknown."""
