@@ -208,11 +208,43 @@ def test_learned_variance_bound_does_not_train_the_mean():
         torch.manual_seed(5)
         loss = model.training_loss(images(4), 0)["loss"]
         handle.remove()
-        return torch.autograd.grad(loss, out["o"])[0]  # (B, 2, H, W): the eps, then the variance
+        return torch.autograd.grad(loss, out["o"])[0]  # (B, 1 + K + 1, H, W): eps, grid logits, variance
 
     hybrid, simple = output_grad(0.01), output_grad(0.0)
-    torch.testing.assert_close(hybrid[:, :1], simple[:, :1], rtol=0, atol=0)
-    assert simple[:, 1:].abs().max() == 0 and hybrid[:, 1:].abs().max() > 0
+    torch.testing.assert_close(hybrid[:, :-1], simple[:, :-1], rtol=0, atol=0)
+    assert simple[:, -1:].abs().max() == 0 and hybrid[:, -1:].abs().max() > 0
+
+
+def test_grid_posterior_is_the_bayes_mean_over_the_levels_and_follows_a_learned_prior():
+    """With zero prior logits the grid base is E[x0 | x_t] under a uniform prior on all 256 levels
+    (brute force in float64; at these noise levels, up to 1.6 grid steps, the window of 8 steps holds
+    all the mass); a strong learned prior on level 0 puts every background pixel exactly at -1."""
+    model = tiny(timesteps=1000, level_prior_scale=1.0)
+    with torch.no_grad():
+        model.level_logits.zero_()
+    values = torch.arange(256, dtype=torch.float64) * (2 / 255) - 1  # every level in [-1, 1]
+    torch.manual_seed(3)
+    for t in (0, 60, 120, 180):
+        tt = torch.full((8,), t)
+        a, s = model._at("abar", tt).sqrt(), (1 - model._at("abar", tt)).sqrt()
+        x_t = a * model._scale(images(8)) + s * torch.randn(8, 1, 4, 4)
+        g, _ = model.grid_split(x_t, tt)
+        got = model.grid_posterior(x_t, tt, g, torch.zeros(8, 17, 4, 4))
+        a64, s64 = a.double()[..., None], s.double()[..., None]
+        log_w = -0.5 * ((x_t.double()[..., None] - a64 * values) / s64) ** 2  # (B, C, H, W, L)
+        want = (torch.softmax(log_w, -1) * values).sum(-1)
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)
+
+    tt = torch.full((8,), 100)  # noise 0.55 grid steps: plain rounding misses 37% of pixels
+    a, s = model._at("abar", tt).sqrt(), (1 - model._at("abar", tt)).sqrt()
+    x_t = a * -1.0 + s * torch.randn(8, 1, 4, 4).abs()  # background pixels pushed up by noise
+    g, _ = model.grid_split(x_t, tt)
+    uniform = model.grid_posterior(x_t, tt, g, torch.zeros(8, 17, 4, 4))
+    assert (uniform + 1).abs().max() > 1e-3
+    with torch.no_grad():
+        model.level_logits[0] = 40.0
+    informed = model.grid_posterior(x_t, tt, g, torch.zeros(8, 17, 4, 4))
+    torch.testing.assert_close(informed, torch.full_like(informed, -1.0), rtol=0, atol=1e-6)
 
 
 # --- sampling -----------------------------------------------------------------------------------

@@ -1,0 +1,57 @@
+"""results/reference/cpu-quick/ is the committed quick run of the five families, three seeds each
+(README: "Reference numbers"). `bench report` must keep reading it with the numbers its metrics.json
+files hold, so that a schema change cannot orphan it."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from cli_utils import invoke
+from test_report import row
+
+from genbench.core.files import read_json
+
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "cpu-quick"
+FAMILIES = {"vae", "gan", "pixelcnn", "flow", "diffusion"}
+
+
+def _runs() -> list[dict]:
+    return [read_json(p) for p in sorted((REFERENCE / "runs").glob("*/metrics.json"))]
+
+
+def test_the_reference_holds_three_seeds_of_five_families_without_checkpoints():
+    docs = _runs()
+    assert {d["model"] for d in docs} == FAMILIES
+    assert sorted(d["seed"] for d in docs) == sorted([0, 1, 2] * len(FAMILIES))
+    assert all(d["protocol"]["profile"] == "quick" and d["protocol"]["device"] == "cpu" for d in docs)
+    for folder in (REFERENCE / "runs").iterdir():
+        assert (folder / "config.json").is_file() and (folder / "history.csv").is_file(), folder
+        assert (folder / "samples.png").is_file(), folder
+        assert not (folder / "checkpoints").exists() and not (folder / "samples.pt").exists(), folder
+    assert (REFERENCE / "report" / "summary.md").is_file() and (REFERENCE / "report" / "index.html").is_file()
+
+
+def test_bench_report_reads_the_reference_with_its_numbers(tmp_path):
+    reported = invoke(
+        "report", "--results", REFERENCE / "runs", "--out", tmp_path, "--format", "md,csv", "--no-figures"
+    )
+    assert reported.exit_code == 0, reported.output
+    assert "skipped" not in reported.output
+    csv = pd.read_csv(tmp_path / "summary.csv")
+    docs = _runs()
+    group = "quick-cpu"
+    checked = 0
+    for model in FAMILIES:
+        seeds = [d for d in docs if d["model"] == model]
+        for key, entry in seeds[0]["metrics"].items():
+            values = [d["metrics"][key]["value"] for d in seeds]
+            if any(v is None for v in values):
+                continue
+            label = f"{model} [{entry['variant']}]" if entry["variant"] else model
+            reported_mean = row(csv, group, entry["section"], label)[f"{entry['column']}_mean"]
+            assert reported_mean == pytest.approx(statistics.fmean(values), rel=1e-9), (model, key)
+            checked += 1
+    assert checked >= 40
