@@ -391,8 +391,8 @@ class Diffusion(GenerativeModel):
         offsets = torch.arange(-w, w + 1, device=x_t.device, dtype=x_t.dtype).view(-1, 1, 1, 1, 1)
         level = ((g + 1) / step).round().unsqueeze(0) + offsets  # (K, B, C, H, W)
         values = level * step - 1
-        b, c = g.shape[:2]
-        score = -0.5 * ((x_t - a * values) / s) ** 2 + logits.view(b, 2 * w + 1, c, *g.shape[2:]).transpose(0, 1)
+        prior = logits.view(len(g), 2 * w + 1, *g.shape[1:]).transpose(0, 1)  # (K, B, C, H, W)
+        score = -0.5 * ((x_t - a * values) / s) ** 2 + prior
         if self.config.level_prior_scale:
             score = score + self.config.level_prior_scale * self.level_logits[level.clamp(0, top).long()]
         score = score.masked_fill((level < 0) | (level > top), -math.inf)
