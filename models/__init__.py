@@ -17,7 +17,7 @@ from genbench.models.base import (
     register_model,
 )
 
-NOT_FAMILIES = ("base", "plugins")  # the interface and registry, and the plug-in loader
+NOT_FAMILIES = ("base", "plugins", "gaussians", "unet")  # interface, registry, plug-in loader, helpers
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in NOT_FAMILIES:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from genbench import models
-from genbench.models.diffusion import Diffusion, DiffusionConfig, discretized_gaussian_log_prob
+from genbench.models.diffusion import Diffusion, DiffusionConfig
+from genbench.models.gaussians import discretized_gaussian_log_prob
 
 
 def tiny(**overrides) -> Diffusion:
