@@ -427,7 +427,8 @@ def _run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, A
                 )
             )
             what = f"{run_plan.model} seed {run_plan.seed} ({run_plan.profile})"
-            where = f"{device}, {options.threads['threads']} threads" if options.threads else f"{device}"
+            n = options.threads["threads"] if options.threads else 0
+            where = f"{device}, {n} thread{'s' if n != 1 else ''}" if n else f"{device}"
             echo(
                 f"{_position(i, len(targets), time.monotonic() - began)}{what} on {where} -> {run_dir}",
                 err=True,

@@ -36,7 +36,8 @@ def hardware_name(device: torch.device) -> str:
 def device_name(device: torch.device) -> str:
     """The hardware, and on the CPU the intra-op threads torch uses now."""
     name = hardware_name(device)
-    return name if device.type != "cpu" else f"{name} ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return name if device.type != "cpu" else f"{name} ({n} thread{'s' if n != 1 else ''})"
 
 
 def _current_rss_bytes() -> int | None:

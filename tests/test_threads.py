@@ -58,7 +58,7 @@ def test_run_records_its_choice_and_resume_keeps_it(tmp_path, monkeypatch, mnist
             "--data-dir", mnist_dir,
         )  # fmt: skip
         assert result.exit_code == 0, result.output
-        assert "on cpu, 1 threads" in result.stderr
+        assert "on cpu, 1 thread ->" in result.stderr
         config = json.loads((tmp_path / "gan-smoke-s0-t" / "config.json").read_text())
         assert config["threads"] == {"threads": 1, "usable": 2, "busy": 1.2, "reason": "load"}
         monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)  # idle now: the resumed run keeps 1
