@@ -3,8 +3,10 @@
     python benchmarks/compare_loop.py --data-dir ../shared/data
     python benchmarks/compare_loop.py --models vae --steps 60 --repeats 5 --threads 1
 
-Both ways train a fresh quick-profile model (models.build(name, "quick"), same seed, same batch size)
-for --warmup untimed then --steps timed steps, in one process:
+Both ways train a fresh quick-profile model (models.build(name, "quick"), same seed, the profile's
+batch size unless --batch-size is given) for --warmup untimed then --steps timed steps, in one
+process, with the thread count `bench run` would pick now (--threads forces one): the settings the
+quick profile runs with (it does not compile on the CPU, see the README):
 
   plain     torchvision.datasets.MNIST(transform=ToTensor()) through a DataLoader(shuffle=True), each
             float batch turned back into the uint8 the model interface takes, then model.train_step.
@@ -55,7 +57,7 @@ PROFILE = "quick"
 class Plan:
     steps: int = 30  # timed steps
     warmup: int = 5  # untimed steps before them
-    batch_size: int = 128
+    batch_size: int = 128  # the data-path row's; each model row uses its profile's unless forced
     seed: int = 0
     num_workers: int = 0
 
@@ -64,6 +66,7 @@ class Plan:
 class Timing:
     images_per_s: float  # wall clock
     cpu_ms_per_batch: float  # this process's CPU time (all its threads)
+    batch_size: int
 
 
 class Span:
@@ -91,7 +94,9 @@ class Span:
             )
         (wall0, cpu0), (wall1, cpu1) = self.marks
         return Timing(
-            self.plan.steps * self.plan.batch_size / (wall1 - wall0), (cpu1 - cpu0) / self.plan.steps * 1e3
+            self.plan.steps * self.plan.batch_size / (wall1 - wall0),
+            (cpu1 - cpu0) / self.plan.steps * 1e3,
+            self.plan.batch_size,
         )
 
 
@@ -193,22 +198,33 @@ def genbench_data(data: MNIST, plan: Plan, device: torch.device) -> Timing:
 Runs = dict[str, tuple[list[Timing], list[Timing]]]  # row -> (plain runs, genbench runs)
 
 
-def compare(names: list[str], data_dir: Path, plan: Plan, device: torch.device, repeats: int) -> Runs:
-    """Rows are the models and "data" (the data path alone)."""
+def profile_batch(name: str) -> int:
+    return models.get_model_class(name).profiles[PROFILE]()[1].batch_size
+
+
+def compare(
+    names: list[str],
+    data_dir: Path,
+    plan: Plan,
+    device: torch.device,
+    repeats: int,
+    forced_batch: bool = False,
+) -> Runs:
+    """Rows are the models (at their profile's batch size unless ``forced_batch``) and "data" (the data
+    path alone, at ``plan.batch_size``)."""
     dataset = torchvision_mnist(data_dir)
     data = load_mnist(data_dir, device=device, download_missing=False)
-    per_epoch = min(len(dataset), len(data.train)) // plan.batch_size
+    largest = max([plan.batch_size] + ([] if forced_batch else [profile_batch(n) for n in names]))
+    per_epoch = min(len(dataset), len(data.train)) // largest
     if plan.warmup + plan.steps > per_epoch:
-        raise UserError(
-            f"--warmup + --steps must fit in one epoch ({per_epoch} batches of {plan.batch_size})"
+        raise UserError(f"--warmup + --steps must fit in one epoch ({per_epoch} batches of {largest})")
+    ways = {}
+    for name in names:
+        own = plan if forced_batch else dataclasses.replace(plan, batch_size=profile_batch(name))
+        ways[name] = (
+            lambda n=name, p=own: plain_loop(n, dataset, p, device),
+            lambda n=name, p=own: genbench_loop(n, data, p, device),
         )
-    ways = {
-        name: (
-            lambda n=name: plain_loop(n, dataset, plan, device),
-            lambda n=name: genbench_loop(n, data, plan, device),
-        )
-        for name in names
-    }
     ways["data"] = (lambda: plain_data(dataset, plan, device), lambda: genbench_data(data, plan, device))
     runs: Runs = {row: ([], []) for row in ways}
     for r in range(repeats):
@@ -227,7 +243,7 @@ def format_table(runs: Runs) -> str:
         "   plain | genbench",
     ]
     for row, (plain, ours) in runs.items():
-        label = "data path only" if row == "data" else f"{row} ({PROFILE})"
+        label = "data path only" if row == "data" else f"{row} ({PROFILE}, batch {plain[0].batch_size})"
         fast_plain, fast_ours = max(t.images_per_s for t in plain), max(t.images_per_s for t in ours)
         cpu_plain, cpu_ours = min(t.cpu_ms_per_batch for t in plain), min(t.cpu_ms_per_batch for t in ours)
         every = " ".join(f"{t.images_per_s:.0f}" for t in plain) + " | "
@@ -244,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="vae,gan", help="comma-separated model names (default: vae,gan)")
     parser.add_argument("--steps", type=int, default=Plan.steps, help="timed steps per run (default: 30)")
     parser.add_argument("--warmup", type=int, default=Plan.warmup, help="untimed steps first (default: 5)")
-    parser.add_argument("--batch-size", type=int, default=Plan.batch_size, help="(default: 128)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="(default: each profile's; 128 for the data path)"
+    )
     parser.add_argument(
         "--data-dir", default=None, help="holds MNIST/raw/ (default: $GENBENCH_DATA, else ./data)"
     )
@@ -260,19 +278,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         for option in ("steps", "warmup", "batch_size", "repeats"):
-            if getattr(args, option) < 1:
+            if getattr(args, option) is not None and getattr(args, option) < 1:
                 raise UserError(f"--{option.replace('_', '-')} must be at least 1")
         names = [models.get_model_class(n.strip()).name for n in args.models.split(",") if n.strip()]
         choice = threads.apply(threads.decide(args.threads))  # bench run's own choice unless forced
         device = resolve_device(args.device)
-        plan = Plan(args.steps, args.warmup, args.batch_size, args.seed, args.num_workers)
+        forced = args.batch_size is not None
+        plan = Plan(args.steps, args.warmup, args.batch_size or Plan.batch_size, args.seed, args.num_workers)
+        batch = f"batch {plan.batch_size}" if forced else "each profile's batch"
         print(
-            f"{plan.steps} timed steps after {plan.warmup} warm-up, batch {plan.batch_size}, "
+            f"{plan.steps} timed steps after {plan.warmup} warm-up, {batch}, "
             f"{args.repeats} alternating rounds, DataLoader num_workers={plan.num_workers}, "
             f"{device_name(device)}, {choice.threads} threads ({choice.reason})",
             flush=True,
         )
-        runs = compare(names, resolve_data_dir(args.data_dir), plan, device, args.repeats)
+        runs = compare(names, resolve_data_dir(args.data_dir), plan, device, args.repeats, forced)
     except (UserError, KeyError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 1

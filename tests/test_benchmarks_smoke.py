@@ -98,7 +98,10 @@ def test_fake_batch_looks_like_mnist():
 @pytest.mark.slow
 def test_compare_loop_runs_both_ways_on_real_mnist(mnist_dir):
     plan = compare_loop.Plan(steps=2, warmup=1, batch_size=32)
-    runs = compare_loop.compare(["vae"], mnist_dir, plan, CPU, repeats=1)
-    assert set(runs) == {"vae", "data"}
+    runs = compare_loop.compare(["vae", "gan"], mnist_dir, plan, CPU, repeats=1)
+    assert set(runs) == {"vae", "gan", "data"}
     assert all(len(way) == 1 and way[0].images_per_s > 0 for row in runs.values() for way in row)
-    assert "data path only" in compare_loop.format_table(runs)
+    # each model at its quick profile's batch size (the settings bench run uses), the data path at the plan's
+    assert [runs[n][1][0].batch_size for n in ("vae", "gan", "data")] == [128, 64, 32]
+    table = compare_loop.format_table(runs)
+    assert "data path only" in table and "gan (quick, batch 64)" in table
