@@ -43,6 +43,7 @@ from genbench.bench.plan import (
     plan,
     plan_from_config,
 )
+from genbench.bench.timing import threads_text
 from genbench.bench.train import RunOptions, StopFlag, Trainer, TrainingInterrupted
 from genbench.core import files
 from genbench.core.distributed import is_distributed, rank, world_size
@@ -427,8 +428,9 @@ def _run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, A
                 )
             )
             what = f"{run_plan.model} seed {run_plan.seed} ({run_plan.profile})"
-            n = options.threads["threads"] if options.threads else 0
-            where = f"{device}, {n} thread{'s' if n != 1 else ''}" if n else f"{device}"
+            where = str(device)
+            if options.threads:
+                where += f", {threads_text(options.threads['threads'])}"
             echo(
                 f"{_position(i, len(targets), time.monotonic() - began)}{what} on {where} -> {run_dir}",
                 err=True,

@@ -36,8 +36,12 @@ def hardware_name(device: torch.device) -> str:
 def device_name(device: torch.device) -> str:
     """The hardware, and on the CPU the intra-op threads torch uses now."""
     name = hardware_name(device)
-    n = torch.get_num_threads()
-    return name if device.type != "cpu" else f"{name} ({n} thread{'s' if n != 1 else ''})"
+    return name if device.type != "cpu" else f"{name} ({threads_text(torch.get_num_threads())})"
+
+
+def threads_text(n: int) -> str:
+    """ "1 thread", "2 threads"."""
+    return f"{n} thread{'s' if n != 1 else ''}"
 
 
 def _current_rss_bytes() -> int | None:
