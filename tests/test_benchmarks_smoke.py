@@ -105,3 +105,16 @@ def test_compare_loop_runs_both_ways_on_real_mnist(mnist_dir):
     assert [runs[n][1][0].batch_size for n in ("vae", "gan", "data")] == [128, 64, 32]
     table = compare_loop.format_table(runs)
     assert "data path only" in table and "gan (quick, batch 64)" in table
+
+
+def test_compare_loop_table_shows_each_way_and_their_ratios():
+    """The printed ratios are genbench over plain images/s and plain over genbench CPU ms per batch,
+    from the best (and least) run of each way."""
+    timing = compare_loop.Timing
+    runs = {
+        "vae": ([timing(600.0, 300.0, 128), timing(500.0, 320.0, 128)], [timing(900.0, 200.0, 128)]),
+        "data": ([timing(1000.0, 20.0, 128)], [timing(100_000.0, 0.5, 128)]),
+    }
+    table = compare_loop.format_table(runs).splitlines()
+    line = next(x for x in table if x.startswith("vae (quick, batch 128)"))
+    assert line.split()[4:10] == ["600", "900", "1.50x", "300.00", "200.00", "1.50x"]
