@@ -14,19 +14,19 @@ try:  # importing torch takes seconds: a Ctrl-C then has nothing to clean up and
     from genbench.bench import cli_tools
     from genbench.bench.cli_options import (
         DATASET_NAMES,
-        _given,
+        Renamed,
         _load_plugins,
         _parse_models,
         _parse_name,
         _parse_row_names,
         _parse_seeds,
         cache_dir_option,
-        data_dir_option,
         dataset_option,
-        device_option,
-        fidelity_options,
+        out_option,
     )
+    from genbench.bench.data import DEFAULT_DATASET
     from genbench.bench.results import check_writable_folder
+    from genbench.bench.settings import settings_options
     from genbench.core.errors import UserError
     from genbench.models.base import ALIASES, MODELS, PROFILE_NAMES, model_names
 except KeyboardInterrupt:
@@ -59,7 +59,7 @@ class _Group(click.Group):
 @click.option("--debug", is_flag=True, envvar="GENBENCH_DEBUG", help="Show tracebacks for errors.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
-    """genbench: train and compare generative image models on MNIST under one protocol."""
+    """genbench: train and compare generative image models on several datasets under one protocol."""
     ctx.obj = {"debug": debug}
 
 
@@ -78,43 +78,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
     help="Named preset: smoke (seconds, tests), quick (2 CPU cores), full (GPU).  [default: quick]",
 )
 @click.option("--seeds", callback=_parse_seeds, metavar="0,1,2", help="Comma-separated seeds.  [default: 0]")
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("results"),
-    help="Folder for run folders.",
-)
 @dataset_option
-@data_dir_option
-@device_option
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16"]),
-    default="auto",
-    help="Training precision; auto = bf16 on CUDA, fp32 elsewhere. Evaluation is always fp32.",
-)
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model's networks.")
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="CPU threads for torch.  [default: the usable cores other programs leave free, measured "
-    "before each run and recorded in config.json; OMP_NUM_THREADS if set]",
-)
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the profile's epochs.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Override the batch size.")
-@click.option(
-    "--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Override the learning rate."
-)
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
-@click.option(
-    "--time-budget",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    metavar="SECONDS",
-    help="Stop each run's training at the first step past this wall time (an equal-compute budget); "
-    "the steps reached are recorded, and --max-steps of them repeats the run.",
-)
+@out_option("Folder for run folders.")
+@settings_options
 @click.option(
     "--nproc",
     type=click.IntRange(min=1),
@@ -122,13 +88,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
     help="Train each run data-parallel on this many processes (one GPU each; gloo on the CPU), "
     "through torchrun. --batch-size stays the global batch.",
 )
-@click.option(
-    "--n-samples",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Override the number of generated samples for sample-quality metrics.",
-)
-@click.option("--iwae-k", type=click.IntRange(min=1), default=None, help="Override the IWAE sample count k.")
 @click.option(
     "--name",
     default=None,
@@ -149,70 +108,20 @@ def cli(ctx: click.Context, debug: bool) -> None:
     help="With --resume of a done run: evaluate it again (rewrites metrics.json).",
 )
 @cache_dir_option
-@fidelity_options
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config of each run as JSON and exit.")
-def run(
-    models,
-    profile,
-    seeds,
-    out,
-    dataset,
-    data_dir,
-    device,
-    precision,
-    compile_,
-    threads,
-    epochs,
-    batch_size,
-    lr,
-    max_steps,
-    time_budget,
-    nproc,
-    n_samples,
-    iwae_k,
-    name,
-    overwrite,
-    resume,
-    reevaluate,
-    cache_dir,
-    allow_few_samples,
-    inception_weights,
-    progress,
-    dry_run,
-) -> None:
+def run(models, profile, seeds, out, name, overwrite, resume, reevaluate, cache_dir, progress, dry_run, nproc,
+        **settings) -> None:  # fmt: skip
     """Train and evaluate models; one run folder per (model, seed) under OUT."""
     from genbench.bench import run as runs
+    from genbench.bench.plan import RunRequest
+    from genbench.bench.settings import RunSettings
 
-    request = runs.RunRequest(
-        models=models,
-        profile=profile,
-        seeds=seeds,
-        out=out,
-        data_dir=data_dir,
-        dataset=dataset,
-        device=device,
-        precision=precision,
-        compile=compile_,
-        threads=threads,
-        train_overrides=_given(
-            epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps, time_budget_s=time_budget
-        ),
-        eval_overrides=_given(
-            n_samples=n_samples,
-            iwae_k=iwae_k,
-            allow_few_samples=allow_few_samples,
-            inception_weights=str(inception_weights.resolve()) if inception_weights else None,
-        ),
-        name=name,
-        overwrite=overwrite,
-        resume=resume,
-        reevaluate=reevaluate,
-        cache_dir=cache_dir,
-        progress=progress,
-        dry_run=dry_run,
-        nproc=nproc,
-    )
+    request = RunRequest(
+        models=models, profile=profile, seeds=seeds, settings=RunSettings.from_options(**settings), out=out,
+        name=name, overwrite=overwrite, resume=resume, reevaluate=reevaluate, cache_dir=cache_dir,
+        progress=progress, dry_run=dry_run, nproc=nproc,
+    )  # fmt: skip
     runs.run_all(request, echo=click.echo)
 
 
@@ -345,19 +254,17 @@ def _parse_choices(choices: tuple[str, ...]):
 @click.option("--models", callback=_parse_models, metavar="NAMES", help="Comma-separated model names.")
 @click.option("--seeds", callback=_parse_seeds, metavar="0,1,2", help="Comma-separated seeds.  [default: 0]")
 @click.option(
-    "--profiles", callback=_parse_choices(PROFILE_NAMES), metavar="NAMES",
-    help=f"Comma-separated profiles: {', '.join(PROFILE_NAMES)}.  [default: quick]",
+    "--profile", "--profiles", "profiles", cls=Renamed, callback=_parse_choices(PROFILE_NAMES),
+    metavar="NAMES", help=f"Comma-separated profiles: {', '.join(PROFILE_NAMES)}.  [default: quick]",
 )  # fmt: skip
 @click.option(
-    "--datasets", callback=_parse_choices(DATASET_NAMES), metavar="NAMES",
-    help=f"Comma-separated datasets: {', '.join(DATASET_NAMES)}.  [default: mnist]",
+    "--dataset", "--datasets", "datasets", cls=Renamed, callback=_parse_choices(DATASET_NAMES),
+    metavar="NAMES",
+    help=f"Comma-separated datasets: {', '.join(DATASET_NAMES)}.  [default: {DEFAULT_DATASET}]",
 )  # fmt: skip
+@out_option("Results folder: the run folders, and the sweep's logs under OUT/.sweep/.")
 @click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
-    help="Results folder: the run folders, and the sweep's logs under OUT/.sweep/.",
-)  # fmt: skip
-@click.option(
-    "--sweep", "name", default=None, callback=_parse_name,
+    "--name", "--sweep", "name", cls=Renamed, default=None, callback=_parse_name,
     help="The sweep's name, in every run id: submitted again, the same name finds the same runs.  "
     "[default: sweep; --status: every sweep]",
 )  # fmt: skip
@@ -381,28 +288,17 @@ def _parse_choices(choices: tuple[str, ...]):
 )  # fmt: skip
 @click.option("--cpus-per-job", type=click.IntRange(min=1), default=None, help="CPU cores per job.")
 @click.option("--mem", "mem_gb", type=click.IntRange(min=1), default=None, metavar="GB", help="Memory a job.")
-@device_option
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", help="Training.")
-@click.option("--compile", "compile_", is_flag=True, help="As in bench run.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads of each run.")
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop each run at this step.")
-@click.option(
-    "--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
-    help="Stop each run's training at the first step past this wall time (as bench run's).",
-)  # fmt: skip
-@click.option("--n-samples", type=click.IntRange(min=1), default=None, help="Generated samples per run.")
-@fidelity_options
-@data_dir_option
+@settings_options
 @click.option("--dry-run", is_flag=True, help="Print what each run would do (start, resume, skip) and exit.")
 def sweep(
     models, seeds, profiles, datasets, out, name, show_status, launcher, max_parallel, partition, time_min,
-    gpus_per_job, cpus_per_job, mem_gb, device, precision, compile_, threads, max_steps, time_budget,
-    n_samples, allow_few_samples, inception_weights, data_dir, dry_run,
+    gpus_per_job, cpus_per_job, mem_gb, dry_run, **settings,
 ) -> None:  # fmt: skip
     """A grid of runs (models x seeds x profiles x datasets) through submitit, one job per run, into
     OUT: Slurm job arrays, or this machine's local executor. Submitted again, a sweep skips its done
     runs, resumes its interrupted ones and starts the rest; `bench report --results OUT` gathers them."""
     from genbench.bench import sweep as sweeps
+    from genbench.bench.settings import RunSettings
 
     if show_status:
         click.echo(sweeps.status(out, name).to_string(index=False))
@@ -410,16 +306,11 @@ def sweep(
     if not models:
         raise click.UsageError("--models is required (or --status)")
     request = sweeps.SweepRequest(
-        models=models, seeds=seeds or (0,), profiles=profiles or ("quick",), datasets=datasets or ("mnist",),
-        out=out, sweep=name or "sweep", launcher=launcher, max_parallel=max_parallel, partition=partition,
-        time_min=time_min, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job, mem_gb=mem_gb,
-        device=device, precision=precision, compile=compile_, threads=threads,
-        train_overrides=_given(max_steps=max_steps, time_budget_s=time_budget),
-        eval_overrides=_given(
-            n_samples=n_samples, allow_few_samples=allow_few_samples,
-            inception_weights=str(inception_weights.resolve()) if inception_weights else None,
-        ),
-        data_dir=data_dir, dry_run=dry_run,
+        models=models, seeds=seeds or (0,), profiles=profiles or ("quick",),
+        datasets=datasets or (DEFAULT_DATASET,),
+        settings=RunSettings.from_options(**settings), out=out, sweep=name or "sweep", launcher=launcher,
+        max_parallel=max_parallel, partition=partition, time_min=time_min, gpus_per_job=gpus_per_job,
+        cpus_per_job=cpus_per_job, mem_gb=mem_gb, dry_run=dry_run,
     )  # fmt: skip
     sweeps.submit(request, echo=click.echo)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from genbench.bench.data import DEFAULT_DATASET
 from genbench.bench.results import SEED_LIMIT, check_run_name
 from genbench.models.base import ALIASES, model_names
 
@@ -30,16 +31,21 @@ CLASSIFIER_NAMES = ("mnist", "fashion-mnist")
 dataset_option = click.option(
     "--dataset",
     type=click.Choice(DATASET_NAMES),
-    default=None,
-    help="Dataset (its images decide the models' shape and levels).  [default: mnist]",
+    default=DEFAULT_DATASET,
+    help="Dataset (its images decide the models' shape and levels).",
 )
-data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Folder holding the dataset in torchvision's layout: MNIST/raw/, FashionMNIST/raw/, "
-    "cifar-10-batches-py/ (else $GENBENCH_DATA, else ./data; downloaded when missing).",
-)
+
+
+class Renamed(click.Option):
+    """An option whose spellings after the first are former names: still accepted, not shown."""
+
+    def get_help_record(self, ctx: click.Context):
+        opts = self.opts
+        self.opts = opts[:1]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = opts
 
 
 def _parse_device(ctx, param, value: str) -> str:
@@ -61,28 +67,18 @@ def _parse_device(ctx, param, value: str) -> str:
     return value
 
 
-device_option = click.option(
-    "--device", default="auto", callback=_parse_device, metavar="auto|cpu|cuda|cuda:N|mps", help="Device."
-)
+def out_option(help: str, default: Path | None = Path("results"), **extra):
+    """--out: where a command writes (run folders, results, a report, samples)."""
+    return click.option(
+        "--out", type=click.Path(file_okay=False, path_type=Path), default=default, help=help, **extra
+    )
+
+
 cache_dir_option = click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Cache for real-data feature statistics.  [default: OUT/.cache]",
-)
-fidelity_options = _options(
-    click.option(
-        "--allow-few-samples",
-        is_flag=True,
-        help="Compute FID even with fewer samples than the feature dimension (rank-deficient covariance).",
-    ),
-    click.option(
-        "--inception-weights",
-        type=click.Path(dir_okay=False, exists=True, path_type=Path),
-        default=None,
-        envvar="GENBENCH_INCEPTION_WEIGHTS",
-        help="torch-fidelity's Inception weights file (gives IS); else the offline port (no IS).",
-    ),
 )
 
 
@@ -147,7 +143,3 @@ def _parse_row_names(ctx, param, value: str | None) -> tuple[str, ...]:
     if not names:
         raise click.BadParameter(f"no name in {value!r}; e.g. vae,gan")
     return tuple(dict.fromkeys(ALIASES.get(n, n) for n in names))
-
-
-def _given(**values) -> dict:
-    return {k: v for k, v in values.items() if v is not None and v is not False}

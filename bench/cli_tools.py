@@ -11,15 +11,15 @@ from genbench.bench.cli_options import (
     CLASSIFIER_NAMES,
     DATASET_NAMES,
     NETWORK_NAMES,
+    Renamed,
     _load_plugins,
     _parse_device,
     _parse_name,
     cache_dir_option,
-    data_dir_option,
-    device_option,
-    fidelity_options,
 )
+from genbench.bench.data import DEFAULT_DATASET
 from genbench.bench.results import SEED_LIMIT, check_writable_folder
+from genbench.bench.settings import setting_options
 from genbench.models.base import PROFILE_NAMES
 
 
@@ -27,7 +27,7 @@ from genbench.models.base import PROFILE_NAMES
 @click.option(
     "--dataset",
     type=click.Choice(DATASET_NAMES),
-    default="mnist",
+    default=DEFAULT_DATASET,
     help="Dataset whose train and test images are compared.",
 )
 @click.option(
@@ -47,19 +47,20 @@ from genbench.models.base import PROFILE_NAMES
     help="Images per side (repeatable); match the profile's sample count to compare.",
 )
 @click.option(
+    "--out",
     "--results",
     "results_dir",
+    cls=Renamed,
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("results"),
-    help="Floors go to RESULTS/floors/.",
+    help="Results folder: floors go to OUT/floors/.",
 )
-@data_dir_option
-@device_option
+@setting_options("data_dir", "device")
 @click.option(
     "--seed", type=click.IntRange(0, SEED_LIMIT - 1), default=0, help="Seed of the random training images."
 )
 @cache_dir_option
-@fidelity_options
+@setting_options("allow_few_samples", "inception_weights")
 def floors(
     dataset, networks, counts, results_dir, data_dir, device, seed, cache_dir, allow_few_samples,
     inception_weights,
@@ -70,7 +71,7 @@ def floors(
     from genbench.metrics import fidelity
 
     device_ = resolve_device(device)
-    check_writable_folder(results_dir / "floors", "--results")
+    check_writable_folder(results_dir / "floors", "--out")
     check_writable_folder(cache_dir or results_dir / ".cache", "--cache-dir")
     data = load_dataset(dataset, data_dir).at_8bit()  # the feature networks read 8-bit pixels
     # Default: the dataset's classifier (its quick profile's network), else its full profile's (Inception).
@@ -95,10 +96,10 @@ def floors(
 @click.option(
     "--dataset",
     type=click.Choice(CLASSIFIER_NAMES),
-    default="mnist",
+    default=DEFAULT_DATASET,
     help="The dataset whose feature network to train (binarized-mnist uses mnist's).",
 )
-@data_dir_option
+@setting_options("data_dir")
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -176,9 +177,7 @@ def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
     default=None,
     help="Sampler step count, for a family that has one (diffusion).",
 )
-@fidelity_options
-@device_option
-@data_dir_option
+@setting_options("allow_few_samples", "inception_weights", "device", "data_dir")
 @cache_dir_option
 @click.option(
     "--name",
@@ -187,11 +186,13 @@ def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
     help="Result-folder suffix; with --samples also the row's name.",
 )
 @click.option(
+    "--out",
     "--results",
     "results_dir",
+    cls=Renamed,
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="--samples: folder for the result and the floors.  [default: results]",
+    help="--samples: results folder for the result and the floors.  [default: results]",
 )
 def eval_(
     run_dir, samples, key, dataset, profile, n_samples, networks, n_test, iwae_k, sampler_steps,
@@ -233,7 +234,7 @@ def eval_(
 @click.option(
     "--seed", type=click.IntRange(0, SEED_LIMIT - 1), default=None, help="[default: the run's seed]"
 )
-@device_option
+@setting_options("device")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def sample(run_dir, n, out, mode, seed, device, progress) -> None:
     """Draw N samples of a trained run with the weights it was evaluated with (EMA where it kept them)."""

@@ -38,6 +38,7 @@ from genbench.core.errors import UserError
 from genbench.core.files import to_8bit
 
 ENV_VAR = "GENBENCH_DATA"
+DEFAULT_DATASET = "mnist"  # the dataset of every command that is not told another
 DEFAULT_DIR = Path("data")
 SPLIT_SEED = 0
 N_VALIDATION = 5000  # held out of the training file (a tenth of it when the file is smaller)
@@ -130,7 +131,6 @@ FASHION_MNIST_SOURCE = Source(
     "Fashion-MNIST", "FashionMNIST/raw", "sha256", FASHION_MNIST_FILES, "FashionMNIST", _read_idx
 )
 CIFAR10_SOURCE = Source("CIFAR-10", "cifar-10-batches-py", "md5", CIFAR10_FILES, "CIFAR10", _read_cifar)
-OFFLINE_HINT = MNIST_SOURCE.hint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,7 +226,7 @@ class Dataset:
     train_labels: Tensor
     val_labels: Tensor
     test_labels: Tensor
-    name: str = "mnist"  # the dataset's registry name, recorded in every protocol
+    name: str = DEFAULT_DATASET  # the dataset's registry name, recorded in every protocol
     levels: int = 256  # intensity levels per pixel; pixels are integers 0..levels-1
     train_intensities: Tensor | None = None
 
@@ -268,9 +268,6 @@ class Dataset:
         """Protocol fields beyond name, levels and shape (metrics.json's run-level block)."""
         spec = DATASETS.get(self.name)
         return {"binarization": spec.description} if spec is not None and spec.binarized else {}
-
-
-MNIST = Dataset  # the former name, still imported by the loop, the evaluator and the benchmarks
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -422,7 +419,7 @@ def _split(spec: DatasetSpec, arrays: Arrays, device: str | torch.device) -> Dat
 
 
 def load_dataset(
-    name: str = "mnist",
+    name: str = DEFAULT_DATASET,
     data_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     download_missing: bool = True,
@@ -465,7 +462,7 @@ def load_mnist(
     download_missing: bool = True,
 ) -> Dataset:
     """Checked MNIST splits on ``device``: 55k train / 5k validation (fixed seed) / 10k test."""
-    return load_dataset("mnist", data_dir, device, download_missing)
+    return load_dataset(DEFAULT_DATASET, data_dir, device, download_missing)
 
 
 # ---------------------------------------------------------------------------------------------------------

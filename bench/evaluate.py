@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from genbench.bench.data import MNIST
+from genbench.bench.data import Dataset
 from genbench.bench.device import exact_fp32
 from genbench.bench.timing import hardware_name
 from genbench.core.errors import UserError
@@ -31,7 +31,7 @@ class SampleCollapse(UserError):
 
 
 def protocol_block(
-    data: MNIST,
+    data: Dataset,
     config: EvalConfig,
     profile: str,
     device: torch.device,
@@ -69,7 +69,7 @@ def protocol_block(
 @exact_fp32()  # no TF32 on CUDA: evaluation is fp32 whatever the training precision
 def evaluate(
     model: GenerativeModel,
-    data: MNIST,
+    data: Dataset,
     config: EvalConfig,
     device: torch.device,
     seed: int,

@@ -28,14 +28,13 @@ import torch
 from torch import Tensor
 
 from genbench.bench import results
-from genbench.bench.data import get_dataset_spec, load_dataset
+from genbench.bench.data import DEFAULT_DATASET, get_dataset_spec, load_dataset
 from genbench.bench.device import resolve_device
 from genbench.bench.evaluate import protocol_block
-from genbench.bench.run import UsageError
 from genbench.bench.sample_files import Samples, as_nchw, check_images, read_samples
 from genbench.bench.scoring import EvalRequest, check_networks, eval_config, stamp
 from genbench.core import files
-from genbench.core.errors import UserError
+from genbench.core.errors import UsageError, UserError
 from genbench.core.schema import SCHEMA_VERSION, Value, entry
 from genbench.metrics import METRICS, EvalContext
 from genbench.metrics.base import EVAL_PROFILES, EvalConfig
@@ -107,7 +106,7 @@ def score(
     *,
     name: str = "samples",
     key: str | None = None,
-    dataset: str = "mnist",
+    dataset: str = DEFAULT_DATASET,
     profile: str = DEFAULT_PROFILE,
     n_samples: int | None = None,
     networks: tuple[str, ...] = (),
@@ -181,7 +180,7 @@ def score_external(request: EvalRequest, echo: Callable[..., None], data=None) -
     if out_dir.exists():
         raise UserError(f"{out_dir} exists; pick another --name")
     scored = score(
-        request.samples, name=name, key=request.key, dataset=request.dataset or "mnist",
+        request.samples, name=name, key=request.key, dataset=request.dataset or DEFAULT_DATASET,
         profile=request.profile or DEFAULT_PROFILE, n_samples=request.n_samples, networks=request.networks,
         allow_few_samples=request.allow_few_samples, inception_weights=request.inception_weights,
         device=request.device, data_dir=request.data_dir, cache_dir=request.cache_dir or out / ".cache",
@@ -217,7 +216,7 @@ def score_external(request: EvalRequest, echo: Callable[..., None], data=None) -
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise UserError(
-            f"cannot write {out_dir} ({exc.strerror or exc}); pass --results to a writable folder"
+            f"cannot write {out_dir} ({exc.strerror or exc}); pass --out to a writable folder"
         ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -247,7 +246,7 @@ def quality_line(doc: dict[str, Any], floors: dict[str, dict[str, Any]]) -> str:
 def score_samples(
     images_or_path: Any,
     *,
-    dataset: str = "mnist",
+    dataset: str = DEFAULT_DATASET,
     profile: str = DEFAULT_PROFILE,
     n_samples: int | None = None,
     networks: tuple[str, ...] = (),

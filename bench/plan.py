@@ -1,35 +1,32 @@
-"""A run's plan: the resolved model, training and evaluation configs that decide its numbers, as
-written to config.json and read back on resume."""
+"""Planning: from what the user asked (a ``RunRequest``) to the list of runs, each a ``RunPlan`` with
+the resolved model, training and evaluation configs that decide its numbers, as written to
+config.json and read back on resume. Pure: nothing here touches a device or writes a file."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import typing
+from pathlib import Path
 from typing import Any
 
-from genbench.bench.data import default_feature_networks, get_dataset_spec
+from genbench.bench.data import DEFAULT_DATASET, default_feature_networks, get_dataset_spec
+from genbench.bench.settings import EVAL, TRAIN, RunSettings
 from genbench.bench.timing import device_name
 from genbench.bench.train import RunOptions
 from genbench.core import files
-from genbench.core.errors import UserError
+from genbench.core.errors import UsageError, UserError
 from genbench.metrics.base import EVAL_PROFILES, EvalConfig
 from genbench.models.base import ORIGINS, TrainConfig, get_model_class, with_image_spec
 from genbench.models.plugins import is_spec
 
 
-class UsageError(UserError):
-    """A bad combination of options: exit status 2, like click's own usage errors."""
-
-    exit_code = 2
-
-
-def _as_data(obj: Any) -> Any:
+def as_data(obj: Any) -> Any:
     """JSON round trip, so in-memory configs compare equal to the ones read back from config.json."""
     return json.loads(json.dumps(files._jsonable(obj)))
 
 
-def _from_data(cls: type, values: dict[str, Any]):
+def from_data(cls: type, values: dict[str, Any]):
     """Rebuild a config dataclass from JSON data (lists back to tuples), rejecting unknown fields."""
     if not isinstance(values, dict):
         raise TypeError(f"{cls.__name__} must be a JSON object, got {type(values).__name__}")
@@ -65,11 +62,11 @@ class RunPlan:
     model_config: Any
     train_config: TrainConfig
     eval_config: EvalConfig
-    dataset: str = "mnist"  # bench.data registry name; --resume keeps it
+    dataset: str = DEFAULT_DATASET  # bench.data registry name; --resume keeps it
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed into this run."""
-        return _as_data(
+        return as_data(
             {
                 "model": self.model,
                 "dataset": self.dataset,
@@ -88,7 +85,7 @@ def plan(
     eval_overrides: dict[str, Any] | None = None,
     image_shape: tuple[int, int, int] | None = None,
     levels: int | None = None,
-    dataset: str = "mnist",
+    dataset: str = DEFAULT_DATASET,
 ) -> RunPlan:
     """A run's resolved configs: the profile's, with single fields overridden, for the images of
     ``dataset`` (its shape and levels unless ``image_shape``/``levels`` say otherwise). Feature
@@ -117,16 +114,16 @@ def plan_from_config(config: dict[str, Any]) -> RunPlan:
         model=cls.name,
         profile=config["profile"],
         seed=int(config["seed"]),
-        model_config=_from_data(cls.Config, config["model_config"]),
-        train_config=_from_data(TrainConfig, config["train_config"]),
-        eval_config=_from_data(EvalConfig, config["eval_config"]),
-        dataset=config.get("dataset", "mnist"),  # written before datasets were chosen: MNIST
+        model_config=from_data(cls.Config, config["model_config"]),
+        train_config=from_data(TrainConfig, config["train_config"]),
+        eval_config=from_data(EvalConfig, config["eval_config"]),
+        dataset=config.get("dataset", DEFAULT_DATASET),  # written before datasets were chosen
     )
 
 
 def describe(plan: RunPlan, options: RunOptions) -> dict[str, Any]:
     """The resolved config as data (config.json, and --dry-run's output)."""
-    return _as_data(
+    return as_data(
         {
             "model": plan.model,
             "model_origin": ORIGINS.get(plan.model),
@@ -144,3 +141,83 @@ def describe(plan: RunPlan, options: RunOptions) -> dict[str, Any]:
             "eval_config": plan.eval_config,
         }
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRequest:
+    """What the user asked of `bench run`, as parsed by the CLI: which runs, made with ``settings``."""
+
+    models: tuple[str, ...] = ()
+    profile: str | None = None
+    seeds: tuple[int, ...] = ()
+    settings: RunSettings = RunSettings()
+    out: Path = Path("results")
+    name: str | None = None
+    overwrite: bool = False
+    resume: Path | None = None
+    reevaluate: bool = False  # --resume of a done run evaluates it again
+    cache_dir: Path | None = None
+    progress: bool = True
+    dry_run: bool = False
+    nproc: int = 1  # processes (GPUs) to train each run with; > 1 starts torchrun
+
+    @property
+    def cache(self) -> Path:
+        """The feature cache: --cache-dir, else OUT/.cache (the resumed run's results folder's)."""
+        return self.cache_dir or (self.resume.parent if self.resume is not None else self.out) / ".cache"
+
+
+def plan_runs(request: RunRequest) -> list[RunPlan]:
+    """The runs of a request that starts runs: one per (model, seed), each fully resolved."""
+    if request.reevaluate:
+        raise UsageError("--reevaluate goes with --resume RUN_DIR (a done run to evaluate again)")
+    settings = request.settings
+    return [
+        plan(
+            m,
+            request.profile or "quick",
+            s,
+            settings.overrides(TRAIN),
+            settings.overrides(EVAL),
+            dataset=settings.dataset,
+        )  # fmt: skip
+        for m in request.models or ("vae",)
+        for s in request.seeds or (0,)
+    ]
+
+
+def check_resume_request(request: RunRequest) -> None:
+    """--resume continues a run with its own config: no option that would change it."""
+    given = [
+        flag
+        for flag, v in (
+            ("--models", request.models),
+            ("--profile", request.profile),
+            ("--seeds", request.seeds),
+            ("--dataset", request.settings.dataset != DEFAULT_DATASET),
+            ("--name", request.name),
+            ("--overwrite", request.overwrite),
+        )
+        if v
+    ]
+    given += request.settings.given_overrides()
+    if given:
+        raise UsageError(f"--resume continues a run with its own config; drop {', '.join(given)}")
+
+
+def read_run(run_dir: Path) -> tuple[dict[str, Any], RunPlan]:
+    """A run folder's config.json and the plan it records."""
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"{run_dir} is not a run folder (no config.json); pass a folder under results/")
+    config = files.read_json(run_dir / "config.json")
+    try:
+        if not isinstance(config, dict):
+            raise TypeError("not a JSON object")
+        for key, types in (("run_id", str), ("data_dir", (str, type(None)))):
+            if not isinstance(config.get(key), types):
+                raise TypeError(f"{key} is {type(config.get(key)).__name__}")
+        return config, plan_from_config(config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(
+            f"{run_dir}/config.json is not a genbench run config ({exc}); start a new run"
+        ) from None

@@ -20,9 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from genbench.bench.data import DEFAULT_DATASET
 from genbench.core.errors import UserError
 from genbench.core.files import read_json, write_json
 
+CHECKPOINT = Path("checkpoints") / "last.pt"  # a run folder's checkpoint
 STATUSES = ("running", "interrupted", "failed", "done")
 LOCK = "run.lock"
 # One path component: no separators, no "..", no leading dot or dash (hidden files, option lookalikes).
@@ -54,9 +56,14 @@ def check_run_name(name: str) -> str:
     return name
 
 
-def make_run_id(model: str, profile: str, seed: int, name: str | None = None) -> str:
+def make_run_id(
+    model: str, profile: str, seed: int, name: str | None = None, dataset: str = DEFAULT_DATASET
+) -> str:
+    """``<model>[-<dataset>]-<profile>-s<seed>-<name or time>``: the dataset named unless it is the
+    default, so one name on two datasets makes two runs."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{model}-{profile}-s{seed}-{stamp if name is None else check_run_name(name)}"
+    what = model if dataset == DEFAULT_DATASET else f"{model}-{dataset}"
+    return f"{what}-{profile}-s{seed}-{stamp if name is None else check_run_name(name)}"
 
 
 def check_writable_folder(path: Path, option: str) -> None:

@@ -27,31 +27,28 @@ import torch
 
 from genbench.bench import distributed, results, threads
 from genbench.bench.checkpoint import load_checkpoint
-from genbench.bench.data import (
-    MNIST,
-    load_dataset,
-    resolve_data_dir,
-)
+from genbench.bench.data import Dataset, load_dataset, resolve_data_dir
 from genbench.bench.device import prepare_model, resolve_device, resolve_precision
 from genbench.bench.evaluate import evaluate, metrics_document, protocol_block
 from genbench.bench.plan import (
     RunPlan,
-    UsageError,
-    _as_data,
-    _from_data,
+    RunRequest,
+    as_data,
+    check_resume_request,
     describe,
-    plan,
-    plan_from_config,
+    from_data,
+    plan_runs,
+    read_run,
 )
+from genbench.bench.results import CHECKPOINT
+from genbench.bench.settings import RunSettings
 from genbench.bench.timing import threads_text
 from genbench.bench.train import RunOptions, StopFlag, Trainer, TrainingInterrupted
 from genbench.core import files
 from genbench.core.distributed import is_distributed, rank, world_size
-from genbench.core.errors import UserError
+from genbench.core.errors import UsageError, UserError
 from genbench.metrics.fidelity import check_sample_count, resolve_network
 from genbench.models.base import get_model_class
-
-CHECKPOINT = Path("checkpoints") / "last.pt"
 
 
 def start(
@@ -65,7 +62,7 @@ def start(
     """Create the run folder and its config.json; the run itself is ``execute``. ``data_dir`` is
     remembered so that --resume finds the same data without being told again. A folder whose
     config could not be written is left ``failed`` (or ``interrupted``), never ``running``."""
-    run_id = results.make_run_id(plan.model, plan.profile, plan.seed, name)
+    run_id = results.make_run_id(plan.model, plan.profile, plan.seed, name, plan.dataset)
     run_dir = results.create_run_dir(out, run_id, overwrite)
     try:
         config = {
@@ -99,26 +96,9 @@ def _record(run_dir: Path, status: str, reason: str | None) -> None:
         results.set_status(run_dir, status, reason)
 
 
-def read_run(run_dir: Path) -> tuple[dict[str, Any], RunPlan]:
-    if not (run_dir / "config.json").is_file():
-        raise UserError(f"{run_dir} is not a run folder (no config.json); pass a folder under results/")
-    config = files.read_json(run_dir / "config.json")
-    try:
-        if not isinstance(config, dict):
-            raise TypeError("not a JSON object")
-        for key, types in (("run_id", str), ("data_dir", (str, type(None)))):
-            if not isinstance(config.get(key), types):
-                raise TypeError(f"{key} is {type(config.get(key)).__name__}")
-        return config, plan_from_config(config)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(
-            f"{run_dir}/config.json is not a genbench run config ({exc}); start a new run"
-        ) from None
-
-
 def execute(
     run_dir: Path,
-    data: MNIST,
+    data: Dataset,
     options: RunOptions,
     resume: bool = False,
     cache_dir: Path | None = None,
@@ -244,42 +224,20 @@ def summary_line(report: dict[str, Any]) -> str:
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class RunRequest:
-    """What the user asked of `bench run`, as parsed by the CLI."""
-
-    models: tuple[str, ...] = ()
-    profile: str | None = None
-    seeds: tuple[int, ...] = ()
-    out: Path = Path("results")
-    data_dir: Path | None = None
-    dataset: str | None = None  # None: mnist; --resume takes the run's own
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-    threads: int | None = None
-    train_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-    eval_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-    name: str | None = None
-    overwrite: bool = False
-    resume: Path | None = None
-    reevaluate: bool = False  # --resume of a done run evaluates it again
-    cache_dir: Path | None = None
-    progress: bool = True
-    dry_run: bool = False
-    nproc: int = 1  # processes (GPUs) to train each run with; > 1 starts torchrun
-
-
 def request_data(request: RunRequest) -> dict[str, Any]:
     """The request as JSON data, for the workers `bench run --nproc N` starts."""
-    return _as_data(request)
+    return as_data(request)
 
 
 def request_from_data(values: dict[str, Any]) -> RunRequest:
-    hints = typing.get_type_hints(RunRequest)
+    return _with_paths(RunRequest, {**values, "settings": _with_paths(RunSettings, values["settings"])})
+
+
+def _with_paths(cls: type, values: dict[str, Any]):
+    """``from_data``, with the fields typed Path made Paths again."""
+    hints = typing.get_type_hints(cls)
     paths = {n for n, hint in hints.items() if Path in (hint, *typing.get_args(hint))}
-    values = {k: Path(v) if k in paths and v is not None else v for k, v in values.items()}
-    return _from_data(RunRequest, values)
+    return from_data(cls, {k: Path(v) if k in paths and v is not None else v for k, v in values.items()})
 
 
 def request_from_environment() -> RunRequest:
@@ -287,28 +245,6 @@ def request_from_environment() -> RunRequest:
     if distributed.ENV_REQUEST not in os.environ:
         raise UsageError("bench run-worker is started by `bench run --nproc N`; run that instead")
     return request_from_data(json.loads(os.environ[distributed.ENV_REQUEST]))
-
-
-OPTIONS = {"time_budget_s": "time_budget"}  # config fields whose option is spelled otherwise
-
-
-def _check_resume_request(request: RunRequest) -> None:
-    given = [
-        flag
-        for flag, v in (
-            ("--models", request.models),
-            ("--profile", request.profile),
-            ("--seeds", request.seeds),
-            ("--dataset", request.dataset),
-            ("--name", request.name),
-            ("--overwrite", request.overwrite),
-        )
-        if v
-    ]
-    overrides = {**request.train_overrides, **request.eval_overrides}
-    given += [f"--{OPTIONS.get(k, k).replace('_', '-')}" for k in overrides]
-    if given:
-        raise UsageError(f"--resume continues a run with its own config; drop {', '.join(given)}")
 
 
 def run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, Any]]:
@@ -328,8 +264,8 @@ def _quiet(*args, **kwargs) -> None:
 
 def _device(request: RunRequest) -> torch.device:
     if distributed.launched_world() > 1:
-        return distributed.rank_device(request.device)
-    return resolve_device(request.device)
+        return distributed.rank_device(request.settings.device)
+    return resolve_device(request.settings.device)
 
 
 def _processes(request: RunRequest) -> int:
@@ -340,16 +276,45 @@ def _processes(request: RunRequest) -> int:
 
 
 def _threads(
-    request: RunRequest, device: torch.device, config: dict[str, Any] | None
+    settings: RunSettings, device: torch.device, config: dict[str, Any] | None
 ) -> dict[str, Any] | None:
     """Set torch's CPU threads for the next run (bench.threads); its record for config.json."""
     if device.type != "cpu":
-        if request.threads is not None:
-            torch.set_num_threads(request.threads)
+        if settings.threads is not None:
+            torch.set_num_threads(settings.threads)
         return None
     recorded = ((config or {}).get("threads") or {}).get("threads")
-    choice = threads.decide(request.threads, recorded, share=distributed.launched_world())
+    choice = threads.decide(settings.threads, recorded, share=distributed.launched_world())
     return threads.apply(choice).record()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Targets:
+    """The runs a request makes: each plan with its folder (None: to be created), the data folder,
+    and the resumed run's config.json (None when starting runs)."""
+
+    runs: list[tuple[RunPlan, Path | None]]
+    data_dir: Path | None
+    config: dict[str, Any] | None = None
+
+    @property
+    def plans(self) -> list[RunPlan]:
+        return [p for p, _ in self.runs]
+
+
+def _targets(request: RunRequest) -> _Targets:
+    """The resumed run, or the planned new ones (--out checked first)."""
+    if request.resume is None:
+        results.check_writable_folder(request.out, "--out")
+        return _Targets([(p, None) for p in plan_runs(request)], request.settings.data_dir)
+    check_resume_request(request)
+    config, resumed = read_run(request.resume)
+    _check_resumable(request.resume, request.reevaluate)
+    results.check_not_in_use(request.resume)  # before loading data; execute takes the lock
+    data_dir = request.settings.data_dir
+    if data_dir is None and config.get("data_dir") and Path(config["data_dir"]).is_dir():
+        data_dir = Path(config["data_dir"])
+    return _Targets([(resumed, request.resume)], data_dir, config)
 
 
 def _run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, Any]]:
@@ -358,91 +323,70 @@ def _run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, A
     distributed.check_launch(device, processes)
     options = RunOptions(
         device=device,
-        precision=resolve_precision(request.precision, device),
-        compile=request.compile,
+        precision=resolve_precision(request.settings.precision, device),
+        compile=request.settings.compile,
         progress=request.progress,
         processes=processes,
     )
-    data_dir = request.data_dir
-    if request.resume is not None:
-        _check_resume_request(request)
-        config, resumed = read_run(request.resume)
-        _check_resumable(request.resume, request.reevaluate)
-        results.check_not_in_use(request.resume)  # before loading data; execute takes the lock
-        targets: list[tuple[RunPlan, Path | None]] = [(resumed, request.resume)]
-        if data_dir is None and config.get("data_dir") and Path(config["data_dir"]).is_dir():
-            data_dir = Path(config["data_dir"])
-    else:
-        if request.reevaluate:
-            raise UsageError("--reevaluate goes with --resume RUN_DIR (a done run to evaluate again)")
-        results.check_writable_folder(request.out, "--out")
-        plans = [
-            plan(
-                m,
-                request.profile or "quick",
-                s,
-                request.train_overrides,
-                request.eval_overrides,
-                dataset=request.dataset or "mnist",
-            )  # fmt: skip
-            for m in request.models or ("vae",)
-            for s in request.seeds or (0,)
-        ]
-        targets = [(p, None) for p in plans]
-    cache = (
-        request.cache_dir or (request.resume.parent if request.resume is not None else request.out) / ".cache"
-    )
-    results.check_writable_folder(cache, "--cache-dir")  # OUT/.cache unless given
-    _check_plans([p for p, _ in targets])
-    for p, _ in targets:
+    targets = _targets(request)
+    results.check_writable_folder(request.cache, "--cache-dir")  # OUT/.cache unless given
+    _check_plans(targets.plans)
+    for p in targets.plans:
         distributed.check_batch_size(p.train_config.batch_size, processes)
     if request.dry_run:
-        if "batch_size" in request.train_overrides:  # the profiles' own batch sizes fit every dataset
-            _check_fits_local_data(targets[0][0].dataset, data_dir, [p for p, _ in targets], echo)
-        echo(json.dumps([describe(p, options) for p, _ in targets], indent=2))
+        if request.settings.batch_size is not None:  # the profiles' own batch sizes fit every dataset
+            _check_fits_local_data(targets.plans[0].dataset, targets.data_dir, targets.plans, echo)
+        echo(json.dumps([describe(p, options) for p in targets.plans], indent=2))
         return []
     if processes > distributed.launched_world():  # --nproc N: the request is checked, start the workers
         distributed.launch(processes, request_data(request))
         return []
-
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     with distributed.rank_zero_first():  # one rank reads (or downloads) the files first
-        data = load_dataset(targets[0][0].dataset, data_dir, device=device)
-    _check_fits([p for p, _ in targets], len(data.train))
+        data = load_dataset(targets.plans[0].dataset, targets.data_dir, device=device)
+    _check_fits(targets.plans, len(data.train))
+    return _run_targets(request, targets, data, options, echo)
+
+
+def _run_targets(
+    request: RunRequest, targets: _Targets, data: Dataset, options: RunOptions, echo: Callable[..., None]
+) -> list[dict[str, Any]]:
+    """Each run in turn: create its folder (rank 0), then train, evaluate and write it."""
     reports, failures = [], []
     with StopFlag() as stop:  # from here on every exit leaves each started run's status final
         began = time.monotonic()
-        for i, (run_plan, run_dir) in enumerate(targets):
+        for i, (run_plan, run_dir) in enumerate(targets.runs):
             options = dataclasses.replace(
-                options, threads=_threads(request, device, config if run_dir is not None else None)
+                options, threads=_threads(request.settings, options.device, targets.config)
             )
             run_dir = run_dir or distributed.on_rank_zero(
                 lambda run_plan=run_plan, options=options: start(
-                    run_plan,
-                    options,
-                    request.out,
-                    request.name,
-                    request.overwrite,
-                    data_dir=resolve_data_dir(data_dir),
+                    run_plan, options, request.out, request.name, request.overwrite,
+                    data_dir=resolve_data_dir(targets.data_dir),
                 )
-            )
-            what = f"{run_plan.model} seed {run_plan.seed} ({run_plan.profile})"
-            where = str(device)
+            )  # fmt: skip
+            where = str(options.device)
             if options.threads:
                 where += f", {threads_text(options.threads['threads'])}"
             echo(
-                f"{_position(i, len(targets), time.monotonic() - began)}{what} on {where} -> {run_dir}",
+                f"{_position(i, len(targets.runs), time.monotonic() - began)}{run_plan.model} seed "
+                f"{run_plan.seed} ({run_plan.profile}) on {where} -> {run_dir}",
                 err=True,
             )
             try:
                 report = execute(
-                    run_dir, data, options, resume=run_dir == request.resume, cache_dir=cache, stop=stop
+                    run_dir,
+                    data,
+                    options,
+                    resume=run_dir == request.resume,
+                    cache_dir=request.cache,
+                    stop=stop,
                 )
             except UserError as exc:
                 # Under torchrun a failure may be one rank's (its lock, its disk): the others cannot
                 # go on to the next run without it, so the first failure ends the command.
-                if isinstance(exc, TrainingInterrupted) or len(targets) == 1 or is_distributed():
+                if isinstance(exc, TrainingInterrupted) or len(targets.runs) == 1 or is_distributed():
                     raise
                 failures.append(f"{run_dir.name}: {exc}")  # one diverged model does not stop the others
                 echo(f"error: {exc}", err=True)
@@ -452,7 +396,7 @@ def _run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, A
                 echo(budget_line(report), err=True)
             reports.append(report)
     if failures:
-        raise UserError(f"{len(failures)} of {len(targets)} runs failed: " + "; ".join(failures))
+        raise UserError(f"{len(failures)} of {len(targets.runs)} runs failed: " + "; ".join(failures))
     return reports
 
 

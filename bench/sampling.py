@@ -14,10 +14,11 @@ from tqdm.auto import tqdm
 
 from genbench.bench.checkpoint import load_weights
 from genbench.bench.device import resolve_device
-from genbench.bench.run import CHECKPOINT, RunPlan, UsageError, read_run
+from genbench.bench.plan import RunPlan, read_run
+from genbench.bench.results import CHECKPOINT
 from genbench.bench.sample_files import output_format, write_samples
 from genbench.core import files
-from genbench.core.errors import UserError
+from genbench.core.errors import UsageError, UserError
 from genbench.metrics.base import sample_batch
 from genbench.models.base import GenerativeModel, get_model_class
 from genbench.models.plugins import is_spec

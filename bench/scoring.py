@@ -28,11 +28,10 @@ from genbench.bench import results
 from genbench.bench.data import default_feature_networks, load_dataset
 from genbench.bench.device import resolve_device
 from genbench.bench.evaluate import evaluate, metrics_document, protocol_block
-from genbench.bench.run import UsageError
 from genbench.bench.sampling import load_run, read_checked
 from genbench.bench.timing import device_name
 from genbench.core import files
-from genbench.core.errors import UserError
+from genbench.core.errors import UsageError, UserError
 from genbench.metrics.base import EVAL_PROFILES, EvalConfig
 from genbench.metrics.fidelity import NETWORKS, check_sample_count, resolve_network
 from genbench.metrics.performance import PEAK_MEMORY, TRAIN_SPEED, WALL_TIME
@@ -70,7 +69,7 @@ def check_request(request: EvalRequest) -> None:
     if (request.run_dir is None) == (request.samples is None):
         raise UsageError("pass a RUN_DIR to re-evaluate, or --samples PATH to score samples (not both)")
     if request.run_dir is not None:
-        wrong = {"--key": request.key, "--dataset": request.dataset, "--results": request.results}
+        wrong = {"--key": request.key, "--dataset": request.dataset, "--out": request.results}
         what = "a RUN_DIR (its result goes beside the run)"
     else:
         wrong = {

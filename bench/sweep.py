@@ -2,7 +2,8 @@
 submitit to Slurm (one job array, its parallelism capped) or to this machine (submitit's local
 executor, a few jobs at a time), all writing into one results folder that `bench report` reads.
 
-Each run of a sweep has a fixed id, ``<model>-<profile>-s<seed>-<sweep>-<dataset>``, so a sweep
+Each run of a sweep has a fixed id, ``<model>[-<dataset>]-<profile>-s<seed>-<sweep>-<dataset>`` (the
+first dataset where it is not mnist, as in every run id), so a sweep
 submitted again finds its runs: a done run is skipped (not submitted), an interrupted or failed one
 is resumed from its checkpoint (``bench run --resume``), a missing one is started, and one that a
 live process holds is left alone. A job decides again when it starts, so a run finished while the
@@ -39,12 +40,14 @@ from submitit.core.job_environment import JobEnvironment
 from submitit.core.utils import JobPaths, pickle_load
 
 from genbench.bench import results
-from genbench.bench import run as runs
-from genbench.bench.data import resolve_data_dir
+from genbench.bench.data import DEFAULT_DATASET, resolve_data_dir
 from genbench.bench.device import resolve_device
+from genbench.bench.plan import RunRequest, as_data, plan, read_run
+from genbench.bench.run import run_all
+from genbench.bench.settings import EVAL, TRAIN, RunSettings
 from genbench.bench.train import TrainingInterrupted
 from genbench.core import files
-from genbench.core.errors import UserError
+from genbench.core.errors import UsageError, UserError
 
 SWEEP_DIR = ".sweep"
 LAUNCHERS = ("auto", "local", "slurm")
@@ -69,18 +72,25 @@ class Cell:
     sweep: str
 
     @property
+    def name(self) -> str:
+        """The run name: the sweep's and the dataset's, so a sweep's run ids keep their form."""
+        return f"{self.sweep}-{self.dataset}"
+
+    @property
     def run_id(self) -> str:
-        return results.make_run_id(self.model, self.profile, self.seed, f"{self.sweep}-{self.dataset}")
+        return results.make_run_id(self.model, self.profile, self.seed, self.name, self.dataset)
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepRequest:
-    """What the user asked of `bench sweep`, as parsed by the CLI."""
+    """What the user asked of `bench sweep`, as parsed by the CLI: the grid, the settings every run
+    of it is made with (its dataset is each cell's), and how its jobs are submitted."""
 
     models: tuple[str, ...]
     seeds: tuple[int, ...] = (0,)
     profiles: tuple[str, ...] = ("quick",)
-    datasets: tuple[str, ...] = ("mnist",)
+    datasets: tuple[str, ...] = (DEFAULT_DATASET,)
+    settings: RunSettings = RunSettings()
     out: Path = Path("results")
     sweep: str = "sweep"
     launcher: str = "auto"
@@ -90,14 +100,14 @@ class SweepRequest:
     gpus_per_job: int | None = None  # None: 1 locally when CUDA is visible, else 0; 0 on Slurm
     cpus_per_job: int | None = None
     mem_gb: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-    threads: int | None = None
-    train_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-    eval_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-    data_dir: Path | None = None
     dry_run: bool = False
+
+    def run_request(self, cell: Cell, **changes: Any) -> RunRequest:
+        """The `bench run` request that makes ``cell``."""
+        return RunRequest(
+            models=(cell.model,), profile=cell.profile, seeds=(cell.seed,), out=self.out, name=cell.name,
+            settings=dataclasses.replace(self.settings, dataset=cell.dataset), **changes,
+        )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,14 +116,7 @@ class RunJob(submitit.helpers.Checkpointable):
     says when the job starts. Picklable; paths are absolute (a cluster job starts elsewhere)."""
 
     cell: Cell
-    out: Path
-    data_dir: Path
-    device: str
-    precision: str
-    compile: bool
-    threads: int | None
-    train_overrides: dict[str, Any]
-    eval_overrides: dict[str, Any]
+    request: SweepRequest
 
     def __call__(self) -> dict[str, str]:
         with _timeout_stops_run() as timed_out:
@@ -124,26 +127,20 @@ class RunJob(submitit.helpers.Checkpointable):
                 raise
 
     def run(self) -> dict[str, str]:
-        run_dir = self.out / self.cell.run_id
+        out = self.request.out
+        run_dir = out / self.cell.run_id
         action = decide(run_dir)
         if action == "skip":
             return {"run_id": self.cell.run_id, "action": action}
         if action == "busy":
             results.check_not_in_use(run_dir)  # raises RunInUse naming the holder
             action = "resume"  # released since
-        common = dict(
-            device=self.device, precision=self.precision, compile=self.compile, threads=self.threads,
-            data_dir=self.data_dir, cache_dir=self.out / ".cache",
-        )  # fmt: skip
-        if action == "resume":
-            request = runs.RunRequest(resume=run_dir, **common)
+        if action == "resume":  # the run keeps its own config: only where and how it runs are given
+            request = RunRequest(resume=run_dir, settings=self.request.settings.without_overrides(),
+                                 cache_dir=out / ".cache")  # fmt: skip
         else:
-            request = runs.RunRequest(
-                models=(self.cell.model,), profile=self.cell.profile, seeds=(self.cell.seed,), out=self.out,
-                dataset=self.cell.dataset, name=f"{self.cell.sweep}-{self.cell.dataset}",
-                train_overrides=self.train_overrides, eval_overrides=self.eval_overrides, **common,
-            )  # fmt: skip
-        runs.run_all(request, echo=click.echo)
+            request = self.request.run_request(self.cell, cache_dir=out / ".cache")
+        run_all(request, echo=click.echo)
         return {"run_id": self.cell.run_id, "action": action}
 
 
@@ -216,7 +213,7 @@ def resolve_launcher(launcher: str) -> str:
     if launcher == "auto":
         return "slurm" if on_slurm else "local"
     if launcher == "slurm" and not on_slurm:
-        raise runs.UsageError(
+        raise UsageError(
             "--launcher slurm: Slurm's srun is not on PATH; submit from a Slurm login node, or use "
             "--launcher local"
         )
@@ -228,31 +225,35 @@ def check_request(request: SweepRequest) -> None:
     (profile, dataset), and every run name."""
     for cell in grid(request):
         try:
-            results.check_run_name(f"{cell.sweep}-{cell.dataset}")
+            results.check_run_name(cell.name)
         except ValueError as exc:
-            raise runs.UsageError(f"--sweep {request.sweep}: {exc}") from None
+            raise UsageError(f"--name {request.sweep}: {exc}") from None
     for profile, dataset in itertools.product(request.profiles, request.datasets):
-        dry = runs.RunRequest(
-            models=request.models, profile=profile, seeds=request.seeds, out=request.out, dataset=dataset,
-            device="cpu", precision=request.precision, threads=request.threads,  # plans need no GPU
-            train_overrides=request.train_overrides, eval_overrides=request.eval_overrides,
-            data_dir=request.data_dir, dry_run=True,
+        settings = dataclasses.replace(request.settings, device="cpu", dataset=dataset)  # plans need no GPU
+        dry = RunRequest(
+            models=request.models, profile=profile, seeds=request.seeds, settings=settings, out=request.out,
+            dry_run=True,
         )  # fmt: skip
-        runs.run_all(dry, echo=lambda *args, **kwargs: None)
+        run_all(dry, echo=_silent)
+
+
+def _silent(*args, **kwargs) -> None:
+    """The echo of the dry runs that check a sweep."""
 
 
 def check_same_settings(request: SweepRequest, cell: Cell, run_dir: Path) -> None:
     """An existing run of the sweep must have been made with the settings asked now."""
-    _, existing = runs.read_run(run_dir)
-    planned = runs.plan(
-        cell.model, cell.profile, cell.seed, request.train_overrides, request.eval_overrides,
+    _, existing = read_run(run_dir)
+    settings = request.settings
+    planned = plan(
+        cell.model, cell.profile, cell.seed, settings.overrides(TRAIN), settings.overrides(EVAL),
         dataset=cell.dataset,
     )  # fmt: skip
     differences = [
         f"{part}.{key} {old!r} -> {new!r}"
         for part in ("model_config", "train_config", "eval_config")
         for key, (old, new) in _changed(
-            runs._as_data(getattr(existing, part)), runs._as_data(getattr(planned, part))
+            as_data(getattr(existing, part)), as_data(getattr(planned, part))
         ).items()
     ]
     if existing.dataset != planned.dataset:
@@ -260,7 +261,7 @@ def check_same_settings(request: SweepRequest, cell: Cell, run_dir: Path) -> Non
     if differences:
         raise UserError(
             f"{run_dir} was made with other settings than this sweep asks ({'; '.join(differences)}); "
-            f"give this sweep another --sweep NAME, or remove that run folder"
+            f"give this sweep another --name, or remove that run folder"
         )
 
 
@@ -297,13 +298,16 @@ def submit(request: SweepRequest, echo: Callable[..., None]) -> pd.DataFrame:
     run them to the end. Returns the plan: one row per run with its action and job."""
     launcher = resolve_launcher(request.launcher)
     if launcher == "local" and request.partition is not None:
-        raise runs.UsageError("--partition is a Slurm option; drop it, or submit from a Slurm login node")
+        raise UsageError("--partition is a Slurm option; drop it, or submit from a Slurm login node")
     if launcher == "local":
-        resolve_device(request.device)  # a Slurm job checks its own, on its node
+        resolve_device(request.settings.device)  # a Slurm job checks its own, on its node
     results.check_writable_folder(request.out, "--out")
     check_request(request)
     out = Path(request.out).resolve()
-    request = dataclasses.replace(request, out=out, data_dir=resolve_data_dir(request.data_dir).resolve())
+    data_dir = resolve_data_dir(request.settings.data_dir).resolve()
+    request = dataclasses.replace(
+        request, out=out, settings=dataclasses.replace(request.settings, data_dir=data_dir)
+    )
     cells = grid(request)
     actions = {c.run_id: decide(out / c.run_id) for c in cells}
     for cell in cells:
@@ -320,11 +324,7 @@ def submit(request: SweepRequest, echo: Callable[..., None]) -> pd.DataFrame:
     record.add_grid(cells, actions)
     record.save()
     executor = make_executor(request, launcher, record.folder)
-    jobs = [
-        RunJob(c, out, request.data_dir, request.device, request.precision, request.compile, request.threads,
-               request.train_overrides, request.eval_overrides)
-        for c in todo
-    ]  # fmt: skip
+    jobs = [RunJob(c, request) for c in todo]
     if launcher == "slurm":
         with executor.batch():  # one job array
             handles = [executor.submit(job) for job in jobs]
@@ -333,7 +333,7 @@ def submit(request: SweepRequest, echo: Callable[..., None]) -> pd.DataFrame:
         record.save()
         table["job"] = [record.last_job(c.run_id) or "-" for c in cells]
         echo(table.to_string(index=False))
-        follow = f"bench sweep --status --out {out} --sweep {request.sweep}"
+        follow = f"bench sweep --status --out {out} --name {request.sweep}"
         echo(f"submitted {len(jobs)} jobs to Slurm; follow them with: {follow}", err=True)
         return table
     echo(table.to_string(index=False))

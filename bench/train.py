@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genbench.bench.checkpoint import LoopState, restore, save_checkpoint
-from genbench.bench.data import MNIST, epoch_order
+from genbench.bench.data import Dataset, epoch_order
 from genbench.bench.device import autocast, exact_fp32
 from genbench.bench.distributed import (
     any_rank,
@@ -190,7 +190,7 @@ class Trainer:
     def __init__(
         self,
         model: GenerativeModel,
-        data: MNIST,
+        data: Dataset,
         cfg: TrainConfig,
         seed: int,
         options: RunOptions,

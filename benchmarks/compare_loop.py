@@ -44,7 +44,7 @@ from torchvision import transforms
 
 from genbench import models
 from genbench.bench import threads
-from genbench.bench.data import MNIST, batches, epoch_order, load_mnist, raw_dir, resolve_data_dir
+from genbench.bench.data import Dataset, batches, epoch_order, load_mnist, raw_dir, resolve_data_dir
 from genbench.bench.device import prepare_model, resolve_device
 from genbench.bench.timing import device_name, synchronize
 from genbench.bench.train import RunOptions, Trainer
@@ -149,7 +149,7 @@ def plain_loop(name: str, dataset, plan: Plan, device: torch.device) -> Timing:
     return span.timing()
 
 
-def genbench_loop(name: str, data: MNIST, plan: Plan, device: torch.device) -> Timing:
+def genbench_loop(name: str, data: Dataset, plan: Plan, device: torch.device) -> Timing:
     torch.manual_seed(plan.seed)
     model, cfg = models.build(name, PROFILE)
     options = RunOptions(device=device, progress=False, warmup_steps=plan.warmup)
@@ -190,7 +190,7 @@ def plain_data(dataset, plan: Plan, device: torch.device) -> Timing:
     return _data_only(_loader(dataset, plan), plan, device, lambda batch: _to_uint8(batch[0], device))
 
 
-def genbench_data(data: MNIST, plan: Plan, device: torch.device) -> Timing:
+def genbench_data(data: Dataset, plan: Plan, device: torch.device) -> Timing:
     order = epoch_order(len(data.train), plan.seed, 0, device)
     return _data_only(batches(data.train, plan.batch_size, order, drop_last=True), plan, device, lambda x: x)
 

@@ -76,10 +76,12 @@ from genbench.bench import results
 from genbench.bench import run as runs
 from genbench.bench.data import load_dataset, resolve_data_dir
 from genbench.bench.device import resolve_precision
+from genbench.bench.plan import RunPlan
+from genbench.bench.plan import plan as make_plan
 from genbench.bench.report import make_report
 from genbench.bench.timing import device_name, hardware_name
 from genbench.bench.train import RunOptions, StopFlag, TrainingInterrupted
-from genbench.core.errors import UserError
+from genbench.core.errors import UsageError, UserError
 from genbench.core.files import write_json, write_text
 from genbench.metrics.fidelity import resolve_network
 
@@ -129,13 +131,13 @@ def check_sample_count(settings: Settings) -> None:
     for name in settings.feature_networks:
         dim = resolve_network(name).feature_dim
         if settings.n_samples < dim:
-            raise runs.UsageError(
+            raise UsageError(
                 f"--n-samples {settings.n_samples}: FID with the {name} network needs at least {dim} samples "
                 f"(its feature dimension); the reference uses 10000"
             )
 
 
-def plans(settings: Settings, names: list[str]) -> list[runs.RunPlan]:
+def plans(settings: Settings, names: list[str]) -> list[RunPlan]:
     """Each family's plan at the settings' profile, with the time budget, this evaluation and
     MODEL_OVERRIDES."""
     eval_overrides = {
@@ -147,14 +149,14 @@ def plans(settings: Settings, names: list[str]) -> list[runs.RunPlan]:
         eval_overrides["n_test"] = settings.n_test
     out = []
     for name in names:
-        plan = runs.plan(name, settings.profile, 0, {"time_budget_s": settings.budget_s}, eval_overrides)
+        plan = make_plan(name, settings.profile, 0, {"time_budget_s": settings.budget_s}, eval_overrides)
         model_config = dataclasses.replace(plan.model_config, **MODEL_OVERRIDES.get(plan.model, {}))
         out.append(dataclasses.replace(plan, model_config=model_config))
     return out
 
 
 def train_and_evaluate(
-    plan: runs.RunPlan, options: RunOptions, data, work: Path, data_dir: Path
+    plan: RunPlan, options: RunOptions, data, work: Path, data_dir: Path
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """One family through `bench run`'s own start and execute; (its row, metrics.json or None)."""
     start = time.perf_counter()
@@ -388,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, TrainingInterrupted) as exc:
         print(f"interrupted ({exc}); nothing was published", file=sys.stderr)
         return 130
-    except runs.UsageError as exc:
+    except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (UserError, KeyError) as exc:

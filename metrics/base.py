@@ -43,7 +43,7 @@ class EvalConfig:
     # images depend on its batches, as they do on the device: values record the batch they used.
     cuda_sample_batch_size: int | None = None
     # Feature networks for sample quality; None: the dataset's defaults for the profile (bench.data),
-    # resolved by bench.run.plan before a run starts and recorded in config.json.
+    # resolved by bench.plan.plan before a run starts and recorded in config.json.
     feature_networks: tuple[str, ...] | None = None
     subset_seed: int = 0  # the seeded random test subset (the same for every model and metric)
     allow_few_samples: bool = False  # FID with fewer samples than feature dimensions
@@ -120,7 +120,7 @@ class EvalContext:
     all metrics."""
 
     model: Any  # GenerativeModel in eval mode
-    data: Any  # bench.data.MNIST
+    data: Any  # bench.data.Dataset
     config: EvalConfig
     device: torch.device
     seed: int

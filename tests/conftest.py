@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from genbench.bench.data import MNIST, MNIST_FILES, raw_dir, resolve_data_dir
+from genbench.bench.data import MNIST_FILES, Dataset, raw_dir, resolve_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,9 @@ def mnist_dir() -> Path:
     return found
 
 
-def fake_mnist(n_train: int = 256, n_val: int = 64, n_test: int = 64, size: int = 28, seed: int = 0) -> MNIST:
+def fake_mnist(
+    n_train: int = 256, n_val: int = 64, n_test: int = 64, size: int = 28, seed: int = 0
+) -> Dataset:
     """Blobby uint8 images shaped like MNIST (dark background, bright strokes), with labels."""
     g = torch.Generator().manual_seed(seed)
 
@@ -59,11 +61,11 @@ def fake_mnist(n_train: int = 256, n_val: int = 64, n_test: int = 64, size: int 
     def labels(n: int) -> torch.Tensor:
         return torch.randint(0, 10, (n,), generator=g)
 
-    return MNIST(
+    return Dataset(
         images(n_train), images(n_val), images(n_test), labels(n_train), labels(n_val), labels(n_test)
     )
 
 
 @pytest.fixture
-def fake_data() -> MNIST:
+def fake_data() -> Dataset:
     return fake_mnist()

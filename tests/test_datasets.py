@@ -16,7 +16,10 @@ from model_utils import optimizers_for
 
 from genbench import models
 from genbench.bench.data import CIFAR10_FILES, UnknownDataset
-from genbench.bench.run import RunRequest, UsageError, plan, plan_from_config, run_all
+from genbench.bench.plan import RunRequest, plan, plan_from_config
+from genbench.bench.run import run_all
+from genbench.bench.settings import RunSettings
+from genbench.core.errors import UsageError
 from genbench.models.vae import VAEConfig, discretized_logistic_log_prob
 
 FAMILIES = sorted(models.MODELS)
@@ -65,7 +68,9 @@ def test_unknown_dataset_and_resume_with_dataset_are_usage_errors(tmp_path):
     line = one_line_error(invoke("run", "--models", "vae", "--dataset", "imagenet"), 2)
     assert "imagenet" in line and "cifar10" in line
     with pytest.raises(UsageError, match="drop --dataset"):
-        run_all(RunRequest(resume=tmp_path, dataset="cifar10"), echo=lambda *a, **k: None)
+        run_all(
+            RunRequest(resume=tmp_path, settings=RunSettings(dataset="cifar10")), echo=lambda *a, **k: None
+        )
 
 
 def test_dry_run_records_the_dataset(tmp_path):

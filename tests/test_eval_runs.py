@@ -14,9 +14,11 @@ from cli_utils import invoke, one_line_error
 from conftest import fake_mnist
 
 from genbench.bench import external, scoring
+from genbench.bench import plan as plans
 from genbench.bench import run as runs
 from genbench.bench.report.load import load_results
 from genbench.bench.train import RunOptions
+from genbench.core.errors import UsageError
 from genbench.core.files import file_sha256
 from genbench.models import get_model_class
 
@@ -37,7 +39,7 @@ def data():
 def run_dir(tmp_path_factory, data):
     """A smoke VAE trained and evaluated on fake data (256 samples), as `bench run` leaves it."""
     out = tmp_path_factory.mktemp("results")
-    plan = runs.plan("vae", "smoke", 0, eval_overrides={"n_test": 64, "iwae_images": 16})
+    plan = plans.plan("vae", "smoke", 0, eval_overrides={"n_test": 64, "iwae_images": 16})
     run_dir = runs.start(plan, CPU, out, name="t")
     runs.execute(run_dir, data, CPU)
     return run_dir
@@ -130,7 +132,7 @@ def test_sampler_steps_apply_only_to_a_family_that_has_them(run_dir):
     config = get_model_class("diffusion").profiles["smoke"]()[0]
     assert scoring.with_sampler_steps("diffusion", config, 3).sample_steps == 3
     assert dataclasses.replace(config, sample_steps=3) == scoring.with_sampler_steps("diffusion", config, 3)
-    with pytest.raises(runs.UsageError, match="sample_steps must be in 1..timesteps"):
+    with pytest.raises(UsageError, match="sample_steps must be in 1..timesteps"):
         scoring.with_sampler_steps("diffusion", config, config.timesteps + 1)
 
 
@@ -151,7 +153,7 @@ def test_sample_writes_the_runs_samples_as_a_npz(run_dir, tmp_path):
     assert np.array_equal(np.load(tmp_path / "b.npz")["images"], images)
     assert not np.array_equal(np.load(tmp_path / "c.npz")["images"], images)
     # the run's weights: its checkpoint's, not a fresh initialisation
-    model = get_model_class("vae")(runs.read_run(run_dir)[1].model_config)
+    model = get_model_class("vae")(plans.read_run(run_dir)[1].model_config)
     fresh = model.sample(20, generator=torch.Generator().manual_seed(0), mode="mean").numpy()
     assert not np.array_equal(fresh, images)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cli_utils import invoke, one_line_error
 
-from genbench.bench import run as runs
+from genbench.bench import plan as plans
 from genbench.bench.train import RunOptions
 from genbench.models import plugins
 from genbench.models.base import ALIASES, MODELS, ORIGINS, get_model_class
@@ -201,13 +201,13 @@ def test_bad_specs_are_one_line_usage_errors(package_path, spec, needle):
 def test_a_spec_family_is_imported_again_from_its_recorded_origin(package_path):
     """config.json records "model_origin"; a new process (here: the registry and the module
     forgotten) finds a module:Class family through it."""
-    plan = runs.plan("tinypkg.model:TinyModel", "smoke", 0)
-    config = runs.describe(plan, RunOptions(device=__import__("torch").device("cpu")))
+    plan = plans.plan("tinypkg.model:TinyModel", "smoke", 0)
+    config = plans.describe(plan, RunOptions(device=__import__("torch").device("cpu")))
     for registry in (MODELS, ORIGINS):
         del registry["tinymodel"]
     for name in [m for m in sys.modules if m.startswith("tinypkg")]:
         del sys.modules[name]
-    again = runs.plan_from_config(config)
+    again = plans.plan_from_config(config)
     assert again.model == "tinymodel" and again.identity() == plan.identity()
     assert MODELS["tinymodel"].__module__ == "tinypkg.model"
 

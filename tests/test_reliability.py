@@ -261,7 +261,7 @@ def test_resume_with_a_foreign_model_is_refused(reference_run, tmp_path):
 
 def test_config_is_data_not_code(tmp_path):
     """config.json is parsed as data: an unknown field is refused, nothing is evaluated."""
-    from genbench.bench.run import plan_from_config
+    from genbench.bench.plan import plan_from_config
 
     config = {
         "model": "vae",

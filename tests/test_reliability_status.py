@@ -109,9 +109,10 @@ def test_a_crash_in_training_leaves_status_failed(tmp_path, data, monkeypatch):
 
 
 def _started_run(tmp_path):
+    from genbench.bench import plan as plans
     from genbench.bench import run as runs
 
-    plan = runs.plan("gan", "smoke", 0)
+    plan = plans.plan("gan", "smoke", 0)
     return runs.start(plan, RunOptions(torch.device("cpu")), tmp_path, "s")
 
 

@@ -25,6 +25,7 @@ import torch
 from cli_utils import invoke, one_line_error
 from conftest import fake_mnist
 
+from genbench.bench import plan as plans
 from genbench.bench import report
 from genbench.bench import run as runs
 from genbench.bench.report import images, tables
@@ -57,7 +58,7 @@ def real_run(
     train: dict | None = None,
     execute=True,
 ) -> Path:
-    plan = runs.plan(model, "smoke", 0, {**TRAIN, **(train or {})}, {**EVAL, **(evaluation or {})})
+    plan = plans.plan(model, "smoke", 0, {**TRAIN, **(train or {})}, {**EVAL, **(evaluation or {})})
     run_dir = runs.start(plan, OPTIONS, out, name=name)
     if execute:
         runs.execute(run_dir, data, OPTIONS, cache_dir=out / ".cache")

@@ -4,6 +4,7 @@ executor, killed midway and submitted again."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,26 +21,29 @@ from cli_utils import invoke, one_line_error
 from reliability_utils import preload, subprocess_env
 from submitit.core.utils import pickle_load
 
+from genbench.bench import plan as plans
 from genbench.bench import results, sweep
 from genbench.bench import run as runs
 from genbench.bench import train as trainer_module
+from genbench.bench.settings import RunSettings
 from genbench.bench.train import RunOptions, TrainingInterrupted
+from genbench.core.errors import UsageError, UserError
 
 STOP_TIMEOUT_S = 120  # a killed local sweep waits for its runs to checkpoint
-FAST = {"train_overrides": {}, "eval_overrides": {"n_samples": 130}}  # the fewest samples FID (mnist) takes
+FAST = RunSettings(threads=1, n_samples=130)  # the fewest samples FID (mnist) takes
 
 
 def request(out: Path, **changes) -> sweep.SweepRequest:
-    fields = dict(models=("vae", "gan"), seeds=(0, 1), profiles=("smoke",), out=out, threads=1, **FAST)
+    fields = dict(models=("vae", "gan"), seeds=(0, 1), profiles=("smoke",), out=out, settings=FAST)
     return sweep.SweepRequest(**{**fields, **changes})
 
 
 def started_run(out: Path, cell: sweep.Cell, status: str | None, **train_overrides) -> Path:
     """A run folder as `bench run` leaves it before training (config.json), with ``status``."""
-    plan = runs.plan(
+    plan = plans.plan(
         cell.model, cell.profile, cell.seed, train_overrides, {"n_samples": 130}, dataset=cell.dataset
     )
-    run_dir = runs.start(plan, RunOptions(torch.device("cpu")), out, f"{cell.sweep}-{cell.dataset}")
+    run_dir = runs.start(plan, RunOptions(torch.device("cpu")), out, cell.name)
     if status is not None:
         results.set_status(run_dir, status)
     return run_dir
@@ -49,7 +53,7 @@ def test_grid_names_each_run_once_and_for_good(tmp_path):
     cells = sweep.grid(request(tmp_path, datasets=("mnist", "fashion-mnist"), sweep="s1"))
     ids = [c.run_id for c in cells]
     assert len(ids) == len(set(ids)) == 2 * 2 * 2
-    assert "gan-smoke-s1-s1-fashion-mnist" in ids and "vae-smoke-s0-s1-mnist" in ids
+    assert "gan-fashion-mnist-smoke-s1-s1-fashion-mnist" in ids and "vae-smoke-s0-s1-mnist" in ids
     assert ids == [
         c.run_id for c in sweep.grid(request(tmp_path, datasets=("mnist", "fashion-mnist"), sweep="s1"))
     ]
@@ -88,11 +92,11 @@ def test_dry_run_plans_without_submitting(tmp_path):
 def test_a_run_made_with_other_settings_is_refused(tmp_path):
     out = tmp_path / "results"
     started_run(out, sweep.Cell("gan", "smoke", 0, "mnist", "sweep"), "interrupted", max_steps=7)
-    with pytest.raises(runs.UserError, match=r"train_config\.max_steps 7 -> 30.*another --sweep NAME"):
+    with pytest.raises(UserError, match=r"train_config\.max_steps 7 -> 30.*another --name"):
         sweep.submit(request(out, launcher="local", dry_run=True), echo=lambda *a, **k: None)
     # The same settings: no complaint.
     sweep.submit(
-        request(out, launcher="local", dry_run=True, train_overrides={"max_steps": 7}),
+        request(out, launcher="local", dry_run=True, settings=dataclasses.replace(FAST, max_steps=7)),
         echo=lambda *a, **k: None,
     )
 
@@ -153,7 +157,8 @@ def test_slurm_gets_one_array_with_the_options(tmp_path, monkeypatch):
         "4242_2": "gan-smoke-s1-sweep-mnist",
     }
     job = pickled["4242_0"]
-    assert job.out.is_absolute() and job.data_dir.is_absolute() and job.eval_overrides == {"n_samples": 130}
+    assert job.request.out.is_absolute() and job.request.settings.data_dir.is_absolute()
+    assert job.request.settings.overrides("eval_config") == {"n_samples": 130}
     assert any("bench sweep --status" in m for m in messages)
     shown = sweep.status(out)
     assert list(shown["job"]) == ["4242_0", "-", "4242_1", "4242_2"]
@@ -162,7 +167,7 @@ def test_slurm_gets_one_array_with_the_options(tmp_path, monkeypatch):
 
 def test_slurm_without_sbatch_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(runs.UsageError, match="srun is not on PATH"):
+    with pytest.raises(UsageError, match="srun is not on PATH"):
         sweep.resolve_launcher("slurm")
     assert sweep.resolve_launcher("auto") == "local"
 
@@ -174,7 +179,8 @@ def test_time_limit_warning_checkpoints_then_requeues_and_the_job_resumes(tmp_pa
     preload(mnist_dir, monkeypatch)
     out = tmp_path / "results"
     cell = sweep.Cell("gan", "smoke", 0, "mnist", "sweep")
-    job = sweep.RunJob(cell, out, mnist_dir, "cpu", "fp32", False, 1, {}, {"n_samples": 130})
+    settings = dataclasses.replace(FAST, device="cpu", precision="fp32", data_dir=mnist_dir)
+    job = sweep.RunJob(cell, sweep.SweepRequest(models=("gan",), out=out, settings=settings))
     step = trainer_module.Trainer._step
 
     def warned_at_step_3(self, x):
@@ -191,7 +197,7 @@ def test_time_limit_warning_checkpoints_then_requeues_and_the_job_resumes(tmp_pa
         assert requeued == [signal.SIGUSR2]
         run_dir = out / cell.run_id
         assert results.read_status(run_dir) == "interrupted"
-        assert torch.load(run_dir / runs.CHECKPOINT, weights_only=False)["state"]["step"] == 3
+        assert torch.load(run_dir / results.CHECKPOINT, weights_only=False)["state"]["step"] == 3
         monkeypatch.setattr(trainer_module.Trainer, "_step", step)
         with results.run_lock(run_dir), pytest.raises(results.RunInUse):  # another live process holds it
             job()

@@ -11,6 +11,7 @@ from cli_utils import invoke
 
 from genbench.bench import run as runs
 from genbench.bench import threads
+from genbench.bench.settings import RunSettings
 
 
 @pytest.mark.parametrize(
@@ -62,9 +63,8 @@ def test_run_records_its_choice_and_resume_keeps_it(tmp_path, monkeypatch, mnist
         config = json.loads((tmp_path / "gan-smoke-s0-t" / "config.json").read_text())
         assert config["threads"] == {"threads": 1, "usable": 2, "busy": 1.2, "reason": "load"}
         monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)  # idle now: the resumed run keeps 1
-        request = runs.RunRequest(resume=tmp_path / "gan-smoke-s0-t")
-        assert runs._threads(request, torch.device("cpu"), config)["threads"] == 1
+        assert runs._threads(RunSettings(), torch.device("cpu"), config)["threads"] == 1
         assert torch.get_num_threads() == 1
-        assert runs._threads(runs.RunRequest(), torch.device("cpu"), None)["threads"] == 2
+        assert runs._threads(RunSettings(), torch.device("cpu"), None)["threads"] == 2
     finally:
         torch.set_num_threads(before)
