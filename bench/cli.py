@@ -78,7 +78,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     help="Named preset: smoke (seconds, tests), quick (2 CPU cores), full (GPU).  [default: quick]",
 )
 @click.option("--seeds", callback=_parse_seeds, metavar="0,1,2", help="Comma-separated seeds.  [default: 0]")
-@dataset_option
+@dataset_option("Dataset (its images decide the models' shape and levels).")
 @out_option("Folder for run folders.")
 @settings_options
 @click.option(

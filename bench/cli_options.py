@@ -28,12 +28,15 @@ DATASET_NAMES = ("mnist", "fashion-mnist", "binarized-mnist", "cifar10")
 NETWORK_NAMES = ("mnist", "fashion-mnist", "inception")
 CLASSIFIER_NAMES = ("mnist", "fashion-mnist")
 
-dataset_option = click.option(
-    "--dataset",
-    type=click.Choice(DATASET_NAMES),
-    default=DEFAULT_DATASET,
-    help="Dataset (its images decide the models' shape and levels).",
-)
+
+def dataset_option(help: str, default: str | None = DEFAULT_DATASET, names: tuple[str, ...] = DATASET_NAMES):
+    """--dataset: one name of the dataset registry."""
+    return click.option("--dataset", type=click.Choice(names), default=default, help=help)
+
+
+def networks_option(help: str):
+    """--network (repeatable): feature networks."""
+    return click.option("--network", "networks", type=click.Choice(NETWORK_NAMES), multiple=True, help=help)
 
 
 class Renamed(click.Option):
@@ -67,11 +70,12 @@ def _parse_device(ctx, param, value: str) -> str:
     return value
 
 
-def out_option(help: str, default: Path | None = Path("results"), **extra):
-    """--out: where a command writes (run folders, results, a report, samples)."""
+def out_option(help: str, default: Path | None = Path("results")):
+    """--out: the results folder a command writes to (--results, its former name, still accepted)."""
     return click.option(
-        "--out", type=click.Path(file_okay=False, path_type=Path), default=default, help=help, **extra
-    )
+        "--out", "--results", "out", cls=Renamed, type=click.Path(file_okay=False, path_type=Path),
+        default=default, help=help,
+    )  # fmt: skip
 
 
 cache_dir_option = click.option(

@@ -9,13 +9,13 @@ import click
 
 from genbench.bench.cli_options import (
     CLASSIFIER_NAMES,
-    DATASET_NAMES,
-    NETWORK_NAMES,
-    Renamed,
     _load_plugins,
     _parse_device,
     _parse_name,
     cache_dir_option,
+    dataset_option,
+    networks_option,
+    out_option,
 )
 from genbench.bench.data import DEFAULT_DATASET
 from genbench.bench.results import SEED_LIMIT, check_writable_folder
@@ -24,20 +24,8 @@ from genbench.models.base import PROFILE_NAMES
 
 
 @click.command()
-@click.option(
-    "--dataset",
-    type=click.Choice(DATASET_NAMES),
-    default=DEFAULT_DATASET,
-    help="Dataset whose train and test images are compared.",
-)
-@click.option(
-    "--network",
-    "networks",
-    type=click.Choice(NETWORK_NAMES),
-    multiple=True,
-    default=(),
-    help="Feature network (repeatable).  [default: the dataset's classifier; inception for cifar10]",
-)
+@dataset_option("Dataset whose train and test images are compared.")
+@networks_option("Feature network (repeatable).  [default: the dataset's classifier; inception for cifar10]")
 @click.option(
     "--n-samples",
     "counts",
@@ -46,15 +34,7 @@ from genbench.models.base import PROFILE_NAMES
     default=(1000, 10_000),
     help="Images per side (repeatable); match the profile's sample count to compare.",
 )
-@click.option(
-    "--out",
-    "--results",
-    "results_dir",
-    cls=Renamed,
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("results"),
-    help="Results folder: floors go to OUT/floors/.",
-)
+@out_option("Results folder: floors go to OUT/floors/.")
 @setting_options("data_dir", "device")
 @click.option(
     "--seed", type=click.IntRange(0, SEED_LIMIT - 1), default=0, help="Seed of the random training images."
@@ -62,7 +42,7 @@ from genbench.models.base import PROFILE_NAMES
 @cache_dir_option
 @setting_options("allow_few_samples", "inception_weights")
 def floors(
-    dataset, networks, counts, results_dir, data_dir, device, seed, cache_dir, allow_few_samples,
+    dataset, networks, counts, out, data_dir, device, seed, cache_dir, allow_few_samples,
     inception_weights,
 ) -> None:  # fmt: skip
     """Real-data floors: FID/KID/PR of train vs test and IS of the test set, per network and count."""
@@ -71,18 +51,18 @@ def floors(
     from genbench.metrics import fidelity
 
     device_ = resolve_device(device)
-    check_writable_folder(results_dir / "floors", "--out")
-    check_writable_folder(cache_dir or results_dir / ".cache", "--cache-dir")
+    check_writable_folder(out / "floors", "--out")
+    check_writable_folder(cache_dir or out / ".cache", "--cache-dir")
     data = load_dataset(dataset, data_dir).at_8bit()  # the feature networks read 8-bit pixels
     # Default: the dataset's classifier (its quick profile's network), else its full profile's (Inception).
     defaults = default_feature_networks(dataset, "quick") or default_feature_networks(dataset, "full")
     for network in networks or defaults:
         for n in counts:
             doc = fidelity.compute_floors(
-                data, network, n, cache_dir or results_dir / ".cache", device_, seed,
+                data, network, n, cache_dir or out / ".cache", device_, seed,
                 inception_weights=inception_weights, allow_few_samples=allow_few_samples,
             )  # fmt: skip
-            path = fidelity.write_floors(results_dir, doc)
+            path = fidelity.write_floors(out, doc)
             values = ", ".join(
                 f"{e['label']} {e['value']:.4g}" for e in doc["metrics"].values() if e["value"] is not None
             )
@@ -93,11 +73,8 @@ def floors(
 
 
 @click.command("train-classifier")
-@click.option(
-    "--dataset",
-    type=click.Choice(CLASSIFIER_NAMES),
-    default=DEFAULT_DATASET,
-    help="The dataset whose feature network to train (binarized-mnist uses mnist's).",
+@dataset_option(
+    "The dataset whose feature network to train (binarized-mnist uses mnist's).", names=CLASSIFIER_NAMES
 )
 @setting_options("data_dir")
 @click.option(
@@ -144,11 +121,9 @@ def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
     help="Score another generator's samples instead: uint8 images in a .npz/.npy/.pt, or a folder of .png.",
 )
 @click.option("--key", default=None, help="--samples: the array's name in a .npz (or .pt dict) of several.")
-@click.option(
-    "--dataset",
-    type=click.Choice(DATASET_NAMES),
+@dataset_option(
+    f"--samples: the dataset they imitate (its test set is the reference).  [default: {DEFAULT_DATASET}]",
     default=None,
-    help="--samples: the dataset they imitate (its test set is the reference).  [default: mnist]",
 )
 @click.option(
     "--profile",
@@ -162,13 +137,7 @@ def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
     default=None,
     help="Samples for sample-quality metrics.  [default: the profile's; for --samples all, at most that]",
 )
-@click.option(
-    "--network",
-    "networks",
-    type=click.Choice(NETWORK_NAMES),
-    multiple=True,
-    help="Feature network (repeatable).  [default: the profile's for the dataset]",
-)
+@networks_option("Feature network (repeatable).  [default: the profile's for the dataset]")
 @click.option("--n-test", type=click.IntRange(min=1), default=None, help="Test images (likelihood metrics).")
 @click.option("--iwae-k", type=click.IntRange(min=1), default=None, help="IWAE sample count k.")
 @click.option(
@@ -185,18 +154,10 @@ def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
     callback=_parse_name,
     help="Result-folder suffix; with --samples also the row's name.",
 )
-@click.option(
-    "--out",
-    "--results",
-    "results_dir",
-    cls=Renamed,
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="--samples: results folder for the result and the floors.  [default: results]",
-)
+@out_option("--samples: results folder for the result and the floors.  [default: results]", default=None)
 def eval_(
     run_dir, samples, key, dataset, profile, n_samples, networks, n_test, iwae_k, sampler_steps,
-    allow_few_samples, inception_weights, device, data_dir, cache_dir, name, results_dir,
+    allow_few_samples, inception_weights, device, data_dir, cache_dir, name, out,
 ) -> None:  # fmt: skip
     """Evaluate RUN_DIR's checkpoint under another protocol (the result goes to a new folder beside
     the run, RUN_DIR+eval-NAME; the run is never touched), or score --samples of a generator genbench
@@ -208,7 +169,7 @@ def eval_(
         run_dir=run_dir, samples=samples, key=key, dataset=dataset, profile=profile, n_samples=n_samples,
         networks=networks, n_test=n_test, iwae_k=iwae_k, sampler_steps=sampler_steps,
         allow_few_samples=allow_few_samples, inception_weights=inception_weights, device=device,
-        data_dir=data_dir, cache_dir=cache_dir, name=name, results=results_dir,
+        data_dir=data_dir, cache_dir=cache_dir, name=name, results=out,
     )  # fmt: skip
     scoring.check_request(request)
     if run_dir is not None:

@@ -69,7 +69,6 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
     )
 }
 MNIST = CLASSIFIERS["mnist"]
-EXTRACTOR_NAME = MNIST.extractor
 WEIGHTS_PATH = MNIST.weights_path
 EPOCHS = MNIST.epochs
 RETRAIN_HINT = "re-create them with `bench train-classifier --dataset NAME`"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -327,19 +328,10 @@ def network_ids(config) -> dict[str, str]:
     }
 
 
-@register_metric("fidelity_mnist", needs=("samples",), outputs=outputs_for("mnist"))
-def fidelity_mnist(ctx: EvalContext) -> dict[str, Value]:
-    return compute_for_network(ctx, "mnist")
-
-
-@register_metric("fidelity_fashion-mnist", needs=("samples",), outputs=outputs_for("fashion-mnist"))
-def fidelity_fashion_mnist(ctx: EvalContext) -> dict[str, Value]:
-    return compute_for_network(ctx, "fashion-mnist")
-
-
-@register_metric("fidelity_inception", needs=("samples",), outputs=outputs_for("inception"))
-def fidelity_inception(ctx: EvalContext) -> dict[str, Value]:
-    return compute_for_network(ctx, "inception")
+for _net in NETWORKS:  # one metric per feature network: fidelity_mnist, fidelity_inception, ...
+    register_metric(f"fidelity_{_net}", needs=("samples",), outputs=outputs_for(_net))(
+        functools.partial(compute_for_network, net=_net)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

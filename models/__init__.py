@@ -19,6 +19,7 @@ from genbench.models.base import (
 
 NOT_FAMILIES = ("base", "plugins", "gaussians", "unet")  # interface, registry, plug-in loader, helpers
 
+importlib.import_module(f"{__name__}.plugins")  # installs the plug-in finder in the registry
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in NOT_FAMILIES:
         importlib.import_module(f"{__name__}.{_module.name}")

@@ -338,19 +338,20 @@ def model_names() -> list[str]:
     return sorted([*MODELS, *ALIASES])
 
 
+# Finds a family not registered yet and returns its registry name: genbench.models.plugins installs
+# its loader here (imports and entry points), so this module does not import the one that imports it.
+FINDERS: list[Callable[[str], str]] = []
+
+
 def get_model_class(name: str) -> type[GenerativeModel]:
     """The family registered as ``name`` (or alias). ``package.module:Class`` imports and registers a
     family from outside genbench; a name not registered yet loads the entry-point plug-ins (once)."""
-    from genbench.models import plugins  # it imports this module
-
-    if plugins.is_spec(name):
-        name = plugins.load_spec(name)
-    if ALIASES.get(name, name) not in MODELS:
-        plugins.load_plugins()
+    for find in FINDERS:
+        if ALIASES.get(name, name) not in MODELS:
+            name = find(name)
     key = ALIASES.get(name, name)
     if key not in MODELS:
-        failed = plugins.FAILURES.get(name)
-        raise KeyError(failed or f"unknown model {name!r}; choose from {', '.join(model_names())}")
+        raise KeyError(f"unknown model {name!r}; choose from {', '.join(model_names())}")
     return MODELS[key]
 
 

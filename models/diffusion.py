@@ -280,6 +280,11 @@ class Diffusion(GenerativeModel):
         """Schedule constant per image at timesteps t (B,) -> (B, 1, 1, 1)."""
         return getattr(self, name)[t].to(dtype).view(-1, 1, 1, 1)
 
+    def _signal_noise(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """sqrt(abar_t) and sqrt(1 - abar_t) at timesteps t (B,), each (B, 1, 1, 1): x_t = a x0 + s eps."""
+        abar = self._at("abar", t)
+        return abar.sqrt(), (1 - abar).sqrt()
+
     def _scale(self, x: Tensor) -> Tensor:
         return x.float() * (2.0 / (self.levels - 1)) - 1.0  # (B, C, H, W) in [-1, 1]
 
@@ -294,7 +299,7 @@ class Diffusion(GenerativeModel):
         larger noise, where r fades to about 0). It plays the role of VDM's Fourier features (Kingma
         et al. 2021) and turns the high-SNR terms of the bound, which dominate it, from hundreds of
         nats to almost nothing from the first step."""
-        a, s = self._at("abar", t).sqrt(), (1 - self._at("abar", t)).sqrt()
+        a, s = self._signal_noise(t)
         top = self.levels - 1
         g = ((x_t / a + 1) * (top / 2)).round().clamp(0, top) * (2 / top) - 1  # (B, C, H, W)
         return g, (x_t - a * g) / s
@@ -309,7 +314,7 @@ class Diffusion(GenerativeModel):
         g, r = self.grid_split(x_t, t)
         out = self.net(torch.cat([x_t, r], 1), t_in).float()  # (B, k C, H, W)
         c = self.image_shape[0]
-        a, s = self._at("abar", t).sqrt(), (1 - self._at("abar", t)).sqrt()
+        a, s = self._signal_noise(t)
         if self.config.grid_window:
             k = 2 * self.config.grid_window + 1
             g = self.grid_posterior(x_t, t, g, out[:, c : c + k * c])
@@ -329,7 +334,7 @@ class Diffusion(GenerativeModel):
         rest. Wrongly rounded pixels at high SNR are what the bound of 8-bit data pays most for."""
         w, top = self.config.grid_window, self.levels - 1
         step = 2.0 / top
-        a, s = self._at("abar", t).sqrt(), (1 - self._at("abar", t)).sqrt()
+        a, s = self._signal_noise(t)
         offsets = torch.arange(-w, w + 1, device=x_t.device, dtype=x_t.dtype).view(-1, 1, 1, 1, 1)
         level = ((g + 1) / step).round().unsqueeze(0) + offsets  # (K, B, C, H, W)
         values = level * step - 1
@@ -346,7 +351,7 @@ class Diffusion(GenerativeModel):
         c = self.image_shape[0]
         out = self._network(x_t, t) if out is None else out
         pred = out[:, :c]  # (B, C, H, W)
-        a, s = self._at("abar", t).sqrt(), (1 - self._at("abar", t)).sqrt()
+        a, s = self._signal_noise(t)
         if self.config.prediction == "eps":
             x0 = ((x_t - s * pred) / a).clamp(-1.0, 1.0)
         else:
@@ -373,7 +378,8 @@ class Diffusion(GenerativeModel):
     def bound_terms(self, x0: Tensor, t: Tensor, out_of: Tensor | None = None) -> Tensor:
         """Per image (B,): L_{t} of the bound at 0-based timesteps t (B,), nats: the decoder NLL
         -log p(x | x_1) where t = 0, else KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)), x_t ~ q."""
-        x_t = self._at("abar", t).sqrt() * x0 + (1 - self._at("abar", t)).sqrt() * torch.randn_like(x0)
+        a, s = self._signal_noise(t)
+        x_t = a * x0 + s * torch.randn_like(x0)
         x0_hat, _, logvar = self._predict(x_t, t)
         return self._terms_from(x0, x_t, t, x0_hat, logvar).flatten(1).sum(1)
 
@@ -430,7 +436,7 @@ class Diffusion(GenerativeModel):
         x0 = self._scale(x)
         t = torch.randint(0, self.config.timesteps, (len(x0),), device=x0.device)  # (B,)
         noise = torch.randn_like(x0)
-        a, s = self._at("abar", t).sqrt(), (1 - self._at("abar", t)).sqrt()
+        a, s = self._signal_noise(t)
         x_t = a * x0 + s * noise  # (B, C, H, W)
         out = self._network(x_t, t)  # (B, k C, H, W)
         c = self.image_shape[0]

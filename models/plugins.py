@@ -25,7 +25,7 @@ import warnings
 from importlib import metadata
 
 from genbench.core.errors import UserError
-from genbench.models.base import MODELS, ORIGINS, GenerativeModel, register_model
+from genbench.models.base import FINDERS, MODELS, ORIGINS, GenerativeModel, get_model_class, register_model
 
 GROUP = "genbench.models"
 ENV_VAR = "GENBENCH_PLUGINS"
@@ -130,8 +130,6 @@ def resolve(name: str) -> str:
     """The registry name behind a --models value: a registered name or alias, an entry-point
     plug-in's name, or a ``module:Class`` spec (imported and registered). A PluginError naming the
     problem otherwise (a broken plug-in named explicitly, or an unknown name)."""
-    from genbench.models.base import get_model_class
-
     try:
         return get_model_class(name).name
     except KeyError as exc:
@@ -142,3 +140,18 @@ def load_named(text: str) -> list[str]:
     """The plug-ins named by comma-separated specs or entry-point names (``GENBENCH_PLUGINS``),
     loaded; returns their registry names."""
     return [resolve(item.strip()) for item in text.split(",") if item.strip()]
+
+
+def find(name: str) -> str:
+    """The registry name of a family not registered yet: a ``package.module:Class`` spec imported,
+    else the entry-point plug-ins loaded (once); KeyError with the reason where a plug-in of that
+    name failed to load."""
+    if is_spec(name):
+        return load_spec(name)
+    load_plugins()
+    if name in FAILURES:
+        raise KeyError(FAILURES[name])
+    return name
+
+
+FINDERS.append(find)

@@ -91,6 +91,35 @@ def discretized_logistic_mean(mean: Tensor, log_scale: Tensor, levels: int) -> T
     return total
 
 
+def _smoke() -> tuple[VAEConfig, TrainConfig]:
+    return (
+        VAEConfig(latent_dim=8, channels=(8, 16), hidden=32),
+        TrainConfig(
+            epochs=1,
+            max_steps=30,
+            batch_size=32,
+            lr=2e-3,
+            val_images=256,
+            checkpoint_every=10,
+            log_every=5,
+        ),
+    )
+
+
+def _quick() -> tuple[VAEConfig, TrainConfig]:
+    return (
+        VAEConfig(latent_dim=32, channels=(32, 64), hidden=256, kl_warmup_steps=500),
+        TrainConfig(epochs=3, batch_size=128, lr=1e-3, val_images=2000, checkpoint_every=200),
+    )
+
+
+def _full() -> tuple[VAEConfig, TrainConfig]:
+    return (
+        VAEConfig(latent_dim=64, channels=(64, 128), hidden=512, kl_warmup_steps=10_000),
+        TrainConfig(epochs=100, batch_size=128, lr=5e-4, checkpoint_every=2000, log_every=100),
+    )
+
+
 @register_model("vae")
 class VAE(GenerativeModel):
     likelihood = "bound"
@@ -98,28 +127,7 @@ class VAE(GenerativeModel):
     can_reconstruct = True
     can_interpolate = True
     Config = VAEConfig
-    profiles = {
-        "smoke": lambda: (
-            VAEConfig(latent_dim=8, channels=(8, 16), hidden=32),
-            TrainConfig(
-                epochs=1,
-                max_steps=30,
-                batch_size=32,
-                lr=2e-3,
-                val_images=256,
-                checkpoint_every=10,
-                log_every=5,
-            ),
-        ),
-        "quick": lambda: (
-            VAEConfig(latent_dim=32, channels=(32, 64), hidden=256, kl_warmup_steps=500),
-            TrainConfig(epochs=3, batch_size=128, lr=1e-3, val_images=2000, checkpoint_every=200),
-        ),
-        "full": lambda: (
-            VAEConfig(latent_dim=64, channels=(64, 128), hidden=512, kl_warmup_steps=10_000),
-            TrainConfig(epochs=100, batch_size=128, lr=5e-4, checkpoint_every=2000, log_every=100),
-        ),
-    }
+    profiles = {"smoke": _smoke, "quick": _quick, "full": _full}
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__(config)

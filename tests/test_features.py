@@ -16,7 +16,6 @@ from genbench.core.files import file_sha256
 from genbench.metrics import features
 from genbench.metrics.features import (
     CLASSIFIERS,
-    EXTRACTOR_NAME,
     FEATURE_DIM,
     WEIGHTS_PATH,
     Classifier,
@@ -26,6 +25,8 @@ from genbench.metrics.features import (
     sha256_path,
     train_classifier,
 )
+
+EXTRACTOR_NAME = CLASSIFIERS["mnist"].extractor  # the mnist network's torch-fidelity name
 
 
 def blobs(n: int, seed: int) -> torch.Tensor:
