@@ -156,20 +156,20 @@ def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
 )
 @out_option("--samples: results folder for the result and the floors.  [default: results]", default=None)
 def eval_(
-    run_dir, samples, key, dataset, profile, n_samples, networks, n_test, iwae_k, sampler_steps,
-    allow_few_samples, inception_weights, device, data_dir, cache_dir, name, out,
+    run_dir, samples, key, dataset, profile, n_samples, networks, n_test, iwae_k, sampler_steps, cache_dir,
+    name, out, **settings,
 ) -> None:  # fmt: skip
     """Evaluate RUN_DIR's checkpoint under another protocol (the result goes to a new folder beside
     the run, RUN_DIR+eval-NAME; the run is never touched), or score --samples of a generator genbench
     did not train (RESULTS/ext-NAME-TIME, with the real-data floor at the same count)."""
     from genbench.bench import external, scoring
     from genbench.bench.run import summary_line
+    from genbench.bench.settings import RunSettings
 
     request = scoring.EvalRequest(
         run_dir=run_dir, samples=samples, key=key, dataset=dataset, profile=profile, n_samples=n_samples,
         networks=networks, n_test=n_test, iwae_k=iwae_k, sampler_steps=sampler_steps,
-        allow_few_samples=allow_few_samples, inception_weights=inception_weights, device=device,
-        data_dir=data_dir, cache_dir=cache_dir, name=name, results=out,
+        settings=RunSettings.from_options(**settings), cache_dir=cache_dir, name=name, results=out,
     )  # fmt: skip
     scoring.check_request(request)
     if run_dir is not None:

@@ -179,11 +179,13 @@ def score_external(request: EvalRequest, echo: Callable[..., None], data=None) -
     out_dir = out / f"ext-{name}-{stamp()}"
     if out_dir.exists():
         raise UserError(f"{out_dir} exists; pick another --name")
+    settings = request.settings
     scored = score(
         request.samples, name=name, key=request.key, dataset=request.dataset or DEFAULT_DATASET,
         profile=request.profile or DEFAULT_PROFILE, n_samples=request.n_samples, networks=request.networks,
-        allow_few_samples=request.allow_few_samples, inception_weights=request.inception_weights,
-        device=request.device, data_dir=request.data_dir, cache_dir=request.cache_dir or out / ".cache",
+        allow_few_samples=settings.allow_few_samples, inception_weights=settings.inception_weights,
+        device=settings.device, data_dir=settings.data_dir,
+        cache_dir=request.cache_dir or out / ".cache",
         floors_dir=out, data=data,
     )  # fmt: skip
     for note in scored.notes:

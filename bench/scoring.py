@@ -29,6 +29,7 @@ from genbench.bench.data import default_feature_networks, load_dataset
 from genbench.bench.device import resolve_device
 from genbench.bench.evaluate import evaluate, metrics_document, protocol_block
 from genbench.bench.sampling import load_run, read_checked
+from genbench.bench.settings import RunSettings
 from genbench.bench.timing import device_name
 from genbench.core import files
 from genbench.core.errors import UsageError, UserError
@@ -55,10 +56,7 @@ class EvalRequest:
     n_test: int | None = None
     iwae_k: int | None = None
     sampler_steps: int | None = None
-    allow_few_samples: bool = False
-    inception_weights: Path | None = None
-    device: str = "auto"
-    data_dir: Path | None = None
+    settings: RunSettings = RunSettings()  # device, data folder, allow_few_samples, inception_weights
     cache_dir: Path | None = None
     name: str | None = None
     results: Path | None = None
@@ -178,7 +176,8 @@ def reevaluate(request: EvalRequest, echo: Callable[..., None], data=None) -> tu
     profile = request.profile or plan.profile
     base = EVAL_PROFILES[request.profile] if request.profile else plan.eval_config
     evaluation = eval_config(
-        base, plan.dataset, profile, request.networks, request.allow_few_samples, request.inception_weights,
+        base, plan.dataset, profile, request.networks, request.settings.allow_few_samples,
+        request.settings.inception_weights,
         n_samples=request.n_samples, n_test=request.n_test, iwae_k=request.iwae_k,
     )  # fmt: skip
     model_config = with_sampler_steps(plan.model, plan.model_config, request.sampler_steps)
@@ -186,11 +185,13 @@ def reevaluate(request: EvalRequest, echo: Callable[..., None], data=None) -> tu
     out_dir = run_dir.parent / f"{run_dir.name}{EVAL_INFIX}{request.name or stamp()}"
     if out_dir.exists():
         raise UserError(f"{out_dir} exists: a re-evaluation is never overwritten; pick another --name")
-    device = resolve_device(request.device)
+    device = resolve_device(request.settings.device)
     loaded = load_run(run_dir, device, model_config)
     if data is None:
         recorded = config.get("data_dir")
-        data_dir = request.data_dir or (Path(recorded) if recorded and Path(recorded).is_dir() else None)
+        data_dir = request.settings.data_dir or (
+            Path(recorded) if recorded and Path(recorded).is_dir() else None
+        )
         data = load_dataset(plan.dataset, data_dir, device=device)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -215,8 +216,8 @@ def reevaluate(request: EvalRequest, echo: Callable[..., None], data=None) -> tu
         "iwae_k": request.iwae_k,
         "feature_networks": list(request.networks) or None,
         SAMPLER_STEPS_FIELD: request.sampler_steps,
-        "allow_few_samples": request.allow_few_samples or None,
-        "inception_weights": evaluation.inception_weights if request.inception_weights else None,
+        "allow_few_samples": request.settings.allow_few_samples or None,
+        "inception_weights": evaluation.inception_weights if request.settings.inception_weights else None,
     }
     try:
         out_dir.mkdir()

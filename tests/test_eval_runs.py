@@ -17,6 +17,7 @@ from genbench.bench import external, scoring
 from genbench.bench import plan as plans
 from genbench.bench import run as runs
 from genbench.bench.report.load import load_results
+from genbench.bench.settings import RunSettings
 from genbench.bench.train import RunOptions
 from genbench.core.errors import UsageError
 from genbench.core.files import file_sha256
@@ -48,7 +49,9 @@ def run_dir(tmp_path_factory, data):
 @pytest.fixture(scope="module")
 def reevaluated(run_dir, data):
     before = tree(run_dir)
-    request = scoring.EvalRequest(run_dir=run_dir, n_samples=300, name="n300", device="cpu")
+    request = scoring.EvalRequest(
+        run_dir=run_dir, n_samples=300, name="n300", settings=RunSettings(device="cpu")
+    )
     report, out_dir = scoring.reevaluate(request, echo=click.echo, data=data)
     return before, report, out_dir
 
@@ -190,7 +193,9 @@ def test_sampled_npz_scores_as_the_reevaluation_did(run_dir, reevaluated, data, 
     and batches), and `bench eval --samples` scores it as the evaluation did."""
     _, report, _ = reevaluated
     assert invoke("sample", run_dir, "-n", 300, "--out", tmp_path / "s.npz", "--no-progress").exit_code == 0
-    request = scoring.EvalRequest(samples=tmp_path / "s.npz", results=tmp_path / "r", device="cpu")
+    request = scoring.EvalRequest(
+        samples=tmp_path / "s.npz", results=tmp_path / "r", settings=RunSettings(device="cpu")
+    )
     scored, out_dir = external.score_external(request, echo=click.echo, data=data)
     assert scored.doc["metrics"]["fid_mnist"]["value"] == pytest.approx(
         report["metrics"]["fid_mnist"]["value"]
