@@ -183,7 +183,7 @@ def test_every_family_runs_on_three_channel_32x32_cifar_files(fake_cifar_dir, tm
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     for name in FAMILIES:
-        run_dir = out / f"{name}-smoke-s0-c"
+        run_dir = out / f"{name}-cifar10-smoke-s0-c"  # the run id names a dataset other than mnist
         doc = json.loads((run_dir / "metrics.json").read_text())
         assert doc["protocol"]["dataset"] == "cifar10" and doc["protocol"]["image_shape"] == [3, 32, 32]
         samples = torch.load(run_dir / "samples.pt", weights_only=True)
@@ -210,7 +210,7 @@ def test_real_datasets_end_to_end(dataset, model, network, mnist_dir, tmp_path):
         "--out", tmp_path, "--name", "e", "--threads", "1", "--no-progress",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    run_dir = tmp_path / f"{model}-smoke-s0-e"
+    run_dir = tmp_path / f"{model}-{dataset}-smoke-s0-e"
     doc = json.loads((run_dir / "metrics.json").read_text())
     protocol, metrics = doc["protocol"], doc["metrics"]
     assert protocol["dataset"] == dataset and list(protocol["feature_networks"]) == [network]
