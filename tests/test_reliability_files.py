@@ -1,0 +1,57 @@
+"""Round three of the hostile sweep: no file the suite reads can run code, and the suite writes only
+what is its own. Each test checks what the user sees: the exit code, the one-line error, and that
+nothing was run or written."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+from cli_utils import invoke, one_line_error
+
+
+class Payload:
+    """A pickle that, loaded in full, runs code: it creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def _sweep(out: Path, job_id: str) -> Path:
+    """OUT/.sweep/s with one run whose last job is a local job ``job_id``; returns its jobs folder."""
+    folder = out / ".sweep" / "s"
+    (folder / "jobs").mkdir(parents=True)
+    job = {"job_id": job_id, "launcher": "local", "host": "elsewhere", "action": "start"}
+    (folder / "sweep.json").write_text(
+        json.dumps({"sweep": "s", "runs": {"vae-smoke-s0-s-mnist": {"jobs": [job]}}})
+    )
+    return folder / "jobs"
+
+
+def test_sweep_status_never_unpickles_a_planted_result(tmp_path):
+    marker = tmp_path / "ran"
+    jobs = _sweep(tmp_path / "out", "123")
+    (jobs / "123_0_result.pkl").write_bytes(pickle.dumps(("success", Payload(marker))))
+    result = invoke("sweep", "--status", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert not marker.exists() and "UNREADABLE RESULT" in result.output
+    (jobs / "123_0_result.pkl").write_bytes(pickle.dumps(("success", {"run": "done"})))
+    assert "COMPLETED" in invoke("sweep", "--status", "--out", tmp_path / "out").output  # submitit's own
+
+
+def test_sweep_job_ids_are_read_as_data(tmp_path):
+    marker = tmp_path / "ran"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "evil_0_result.pkl").write_bytes(pickle.dumps(("success", Payload(marker))))
+    for n, bad in enumerate(("../../../../elsewhere/evil", "abc", "")):
+        out = tmp_path / f"out{n}"
+        _sweep(out, bad)
+        message = one_line_error(invoke("sweep", "--status", "--out", out), 1)
+        assert "not a Slurm or local job id" in message and "sweep.json" in message
+    assert not marker.exists()
