@@ -9,6 +9,7 @@ import os
 import pickle
 from pathlib import Path
 
+import torch
 from cli_utils import invoke, one_line_error
 
 
@@ -55,3 +56,26 @@ def test_sweep_job_ids_are_read_as_data(tmp_path):
         message = one_line_error(invoke("sweep", "--status", "--out", out), 1)
         assert "not a Slurm or local job id" in message and "sweep.json" in message
     assert not marker.exists()
+
+
+def test_inception_weights_that_would_run_code_are_refused_before_torch_fidelity_loads_them(
+    tmp_path, mnist_dir
+):
+    marker = tmp_path / "ran"
+    hostile = tmp_path / "weights.pth"
+    torch.save({"state": Payload(marker)}, hostile)
+    floors = (
+        "floors",
+        "--network",
+        "inception",
+        "--n-samples",
+        "10",
+        "--allow-few-samples",
+        "--data-dir",
+        mnist_dir,
+    )
+    out = tmp_path / "results"
+    for weights in (hostile, "/etc/passwd"):
+        message = one_line_error(invoke(*floors, "--results", out, "--inception-weights", weights), 1)
+        assert "is not a plain Inception weights file" in message, message
+        assert not marker.exists() and not (out / "floors").exists()
