@@ -20,7 +20,7 @@ from genbench.core import files
 from genbench.core.errors import UserError
 from genbench.metrics.base import sample_batch
 from genbench.models.base import GenerativeModel, get_model_class
-from genbench.models.plugins import is_spec
+from genbench.models.plugins import recorded_family
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ def _check_family(run_dir: Path, config: dict[str, Any]) -> None:
         raise UserError(f"{run_dir} is a re-evaluation (bench eval) of {original}; pass that run folder")
     origin = config.get("model_origin")
     try:
-        get_model_class(origin if is_spec(origin) else config["model"])
+        recorded_family(config)
     except KeyError as exc:
         raise UserError(
             f"{run_dir} is a run of model family {config['model']!r} ({origin or 'origin unknown'}), which "

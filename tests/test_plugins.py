@@ -198,15 +198,25 @@ def test_bad_specs_are_one_line_usage_errors(package_path, spec, needle):
     assert not any(cls.__module__.startswith("tinypkg") for cls in MODELS.values())
 
 
-def test_a_spec_family_is_imported_again_from_its_recorded_origin(package_path):
+def test_a_spec_family_is_imported_again_only_where_the_user_names_it(package_path, monkeypatch):
     """config.json records "model_origin"; a new process (here: the registry and the module
-    forgotten) finds a module:Class family through it."""
+    forgotten) never imports a module a file names, but says how to load it: GENBENCH_PLUGINS."""
     plan = runs.plan("tinypkg.model:TinyModel", "smoke", 0)
     config = runs.describe(plan, RunOptions(device=__import__("torch").device("cpu")))
     for registry in (MODELS, ORIGINS):
         del registry["tinymodel"]
     for name in [m for m in sys.modules if m.startswith("tinypkg")]:
         del sys.modules[name]
+    monkeypatch.setattr(plugins, "_loaded", False)
+    with pytest.raises(KeyError, match="set GENBENCH_PLUGINS=tinypkg.model:TinyModel"):
+        runs.plan_from_config(config)
+    assert "tinypkg.model" not in sys.modules
+    for hostile in ({**config, "model": "tinypkg.model:TinyModel"}, {**config, "model": 7}):
+        with pytest.raises(KeyError, match="is not the name of a model family"):
+            runs.plan_from_config(hostile)
+    assert "tinypkg.model" not in sys.modules
+    monkeypatch.setenv(plugins.ENV_VAR, "tinypkg.model:TinyModel")
+    monkeypatch.setattr(plugins, "_loaded", False)
     again = runs.plan_from_config(config)
     assert again.model == "tinymodel" and again.identity() == plan.identity()
     assert MODELS["tinymodel"].__module__ == "tinypkg.model"

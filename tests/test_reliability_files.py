@@ -79,3 +79,29 @@ def test_inception_weights_that_would_run_code_are_refused_before_torch_fidelity
         message = one_line_error(invoke(*floors, "--results", out, "--inception-weights", weights), 1)
         assert "is not a plain Inception weights file" in message, message
         assert not marker.exists() and not (out / "floors").exists()
+
+
+def test_a_run_config_naming_a_module_imports_nothing(tmp_path, monkeypatch):
+    """config.json's "model" (or "model_origin") naming module:Class: resume, eval and sample refuse
+    with one line, and the module (importable from the current folder) is never imported."""
+    marker = tmp_path / "ran"
+    (tmp_path / "evilmod.py").write_text(f"import os\nos.mkdir({str(marker)!r})\nclass X: pass\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_dir = tmp_path / "results" / "r"
+    run_dir.mkdir(parents=True)
+    for config in ({"model": "evilmod:X"}, {"model": "x", "model_origin": "evilmod:X"}):
+        (run_dir / "config.json").write_text(json.dumps({**config, "run_id": "r", "data_dir": None}))
+        before = sorted(p.name for p in run_dir.iterdir())
+        commands = (
+            ("run", "--resume", run_dir),
+            ("eval", run_dir),
+            ("sample", run_dir, "-n", 1, "--out", "s.png"),
+        )
+        for command in commands:
+            message = one_line_error(invoke(*command), 1)
+            assert "not the name of a model family" in message or "GENBENCH_PLUGINS=evilmod:X" in message, (
+                message
+            )
+            assert not marker.exists(), command
+        assert sorted(p.name for p in run_dir.iterdir()) == before and not (tmp_path / "s.png").exists()
