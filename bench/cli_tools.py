@@ -20,6 +20,7 @@ from genbench.bench.cli_options import (
     fidelity_options,
 )
 from genbench.bench.results import SEED_LIMIT, check_writable_folder
+from genbench.core import files
 from genbench.models.base import PROFILE_NAMES
 
 
@@ -122,6 +123,7 @@ def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
 
     spec = features.get_classifier_spec(dataset)
     check_writable_folder((out or spec.weights_path).parent, "--out")  # before minutes of training
+    files.check_output_file(out or spec.weights_path, "--out")
     device_ = resolve_device(device)
     data = load_dataset(dataset, data_dir, device=device_)
     accuracy = features.train_classifier(

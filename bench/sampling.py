@@ -113,6 +113,9 @@ def sample_run(
     saying what was written. The seed defaults to the run's, the batch size to its evaluation's on
     this device (batch i is drawn from (seed, i), so the same batches give the evaluation's images)."""
     output_format(out, n)  # a bad --out fails before the model is loaded
+    files.check_output_file(out, "--out")
+    if Path(out).resolve().is_relative_to(Path(run_dir).resolve()):
+        raise UserError(f"--out {out} is inside the run folder {run_dir}; bench sample never writes there")
     loaded = load_run(run_dir, resolve_device(device))
     mode = check_mode(loaded.model, mode)
     seed = loaded.plan.seed if seed is None else seed

@@ -21,11 +21,25 @@ import torch
 from genbench.core.errors import UserError
 
 
+def check_output_file(path: Path, option: str = "output") -> None:
+    """Refuse to write ``path`` when something that is not a regular file is there (a device node, a
+    FIFO, a folder): replacing it would destroy what is not ours, or never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UserError(f"{option} {path}: {exc.strerror or exc}; name a new file") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{option} {path} exists and is not a regular file; name a new file")
+
+
 def write_bytes(path: Path, payload: bytes) -> None:
     """Write through a temporary file in the same folder, then os.replace: a crash never leaves a
     half-written file under the final name. os.open with 0o666 keeps the umask's permissions
-    (mkstemp would make every result file private)."""
+    (mkstemp would make every result file private). Only a regular file is ever replaced."""
     path = Path(path)
+    check_output_file(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
