@@ -33,9 +33,21 @@ dataset_option = click.option(
     default=None,
     help="Dataset (its images decide the models' shape and levels).  [default: mnist]",
 )
+
+
+class _NamedFolder(click.Path):
+    """A path that is not empty: click turns "" into Path("."), the current folder, where a download
+    would write."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty; pass the folder that holds the data", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 data_dir_option = click.option(
     "--data-dir",
-    type=click.Path(path_type=Path),
+    type=_NamedFolder(path_type=Path),
     default=None,
     help="Folder holding the dataset in torchvision's layout: MNIST/raw/, FashionMNIST/raw/, "
     "cifar-10-batches-py/ (else $GENBENCH_DATA, else ./data; downloaded when missing).",
