@@ -7,10 +7,16 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import stat
 from pathlib import Path
 
+import pytest
 import torch
 from cli_utils import invoke, one_line_error
+from reliability_utils import fast_run, preload
+
+from genbench.core import files
+from genbench.core.errors import UserError
 
 
 class Payload:
@@ -105,3 +111,54 @@ def test_a_run_config_naming_a_module_imports_nothing(tmp_path, monkeypatch):
             )
             assert not marker.exists(), command
         assert sorted(p.name for p in run_dir.iterdir()) == before and not (tmp_path / "s.png").exists()
+
+
+def test_outputs_that_are_not_regular_files_are_refused_and_left_alone(tmp_path):
+    fifo, folder = tmp_path / "x.npz", tmp_path / "y.json"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    message = one_line_error(invoke("sample", run_dir, "-n", 1, "--out", fifo), 1)
+    assert "is not a regular file" in message
+    message = one_line_error(invoke("train-classifier", "--out", tmp_path / "x.npz", "--epochs", 1), 1)
+    assert "is not a regular file" in message
+    for target in (fifo, folder):
+        with pytest.raises(UserError, match="is not a regular file"):
+            files.write_json(target, {"a": 1})
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and folder.is_dir() and not any(folder.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "x.npz", "y.json"]  # no temporary file left
+
+
+def test_sample_never_writes_into_the_run(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "samples.png").write_bytes(b"the run's own grid")
+    for out in (run_dir / "samples.png", run_dir / "sub" / "new.npz"):
+        assert "inside the run folder" in one_line_error(invoke("sample", run_dir, "-n", 1, "--out", out), 1)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["samples.png"]
+    assert (run_dir / "samples.png").read_bytes() == b"the run's own grid"
+
+
+def test_no_data_folder_is_created_at_a_root_nobody_chose(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GENBENCH_DATA", str(tmp_path / "nonexistent"))
+    message = one_line_error(invoke("floors", "--results", tmp_path / "r"), 1)
+    assert "data directory does not exist" in message and "$GENBENCH_DATA" in message
+    monkeypatch.delenv("GENBENCH_DATA")
+    assert "is empty" in one_line_error(invoke("floors", "--results", tmp_path / "r", "--data-dir", ""), 2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_from_inside_a_run_writes_beside_it_never_in_it(tmp_path, mnist_dir, monkeypatch):
+    preload(mnist_dir, monkeypatch)
+    result, run_dir = fast_run(tmp_path, "r", "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.output
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    monkeypatch.chdir(run_dir)
+    scored = invoke(
+        "eval", ".", "--name", "dot", "--n-samples", 130, "--data-dir", mnist_dir, "--device", "cpu"
+    )
+    assert scored.exit_code == 0, scored.output
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+    assert (tmp_path / f"{run_dir.name}+eval-dot" / "metrics.json").is_file()
