@@ -10,6 +10,7 @@ import pickle
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from cli_utils import invoke, one_line_error
@@ -162,3 +163,43 @@ def test_eval_from_inside_a_run_writes_beside_it_never_in_it(tmp_path, mnist_dir
     assert scored.exit_code == 0, scored.output
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
     assert (tmp_path / f"{run_dir.name}+eval-dot" / "metrics.json").is_file()
+
+
+def test_odd_sample_files_are_one_line_errors_or_read_right(tmp_path, mnist_dir):
+    """FIFOs (a read that never ends), sparse and meta tensors, a 15000x15000 PNG: one line each.
+    uint16..64 pixels in 0..255 read as the uint8 images they are."""
+    from PIL import Image
+
+    from genbench.bench.sample_files import read_samples
+
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 28, 28))
+    for dtype in (np.uint16, np.uint32, np.uint64):
+        np.save(tmp_path / "wide.npy", pixels.astype(dtype))
+        torch.save(torch.from_numpy(pixels.astype(dtype)), tmp_path / "wide.pt")
+        for name in ("wide.npy", "wide.pt"):
+            images = read_samples(tmp_path / name).images
+            assert images.dtype == torch.uint8 and torch.equal(
+                images[:, 0], torch.from_numpy(pixels).to(torch.uint8)
+            )
+    np.save(tmp_path / "big.npy", np.full((4, 28, 28), 70000, dtype=np.uint32))
+    os.mkfifo(tmp_path / "fifo.npz")
+    torch.save(torch.eye(28).to(torch.uint8).to_sparse(), tmp_path / "sparse.pt")
+    torch.save(torch.zeros(4, 28, 28, dtype=torch.uint8, device="meta"), tmp_path / "meta.pt")
+    (tmp_path / "bomb").mkdir()
+    Image.new("L", (15000, 15000)).save(tmp_path / "bomb" / "0.png")
+    expected = {"fifo.npz": "not a regular file", "big.npy": "pixel values reach 70000",
+                "sparse.pt": "sparse_coo", "meta.pt": "meta", "bomb": "far larger than"}  # fmt: skip
+    for name, needle in expected.items():
+        result = invoke(
+            "eval", "--samples", tmp_path / name, "--data-dir", mnist_dir, "--results", tmp_path / "r"
+        )
+        assert needle in one_line_error(result, 1), name
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_checkpoint_that_is_a_fifo_is_refused_not_read_forever(tmp_path):
+    from genbench.bench.checkpoint import load_weights
+
+    os.mkfifo(tmp_path / "last.pt")
+    with pytest.raises(UserError, match="is not a regular file"):
+        load_weights(tmp_path / "last.pt", torch.nn.Linear(1, 1))
