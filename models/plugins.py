@@ -97,7 +97,7 @@ def _load_entry_point(entry_point: metadata.EntryPoint) -> list[str]:
     before = set(MODELS)
     try:
         obj = entry_point.load()
-    except Exception as exc:  # a broken plug-in must not break genbench: the caller skips it
+    except (Exception, SystemExit) as exc:  # a broken plug-in must not break genbench (nor exit it)
         raise PluginError(f"{what} failed to load: {_problem(exc)}") from None
     if isinstance(obj, types.ModuleType):
         # A module that registers its families on import (perhaps imported earlier by a spec).

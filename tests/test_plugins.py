@@ -90,7 +90,9 @@ class NoProfiles(GenerativeModel):
 
 DISTS = {
     "tiny-plugin": "tiny = tinypkg.model:TinyModel\ntiny2 = tinypkg.selfreg\n",
-    "broken-plugin": "broken = tinypkg.missing:Nope\ninvalid = tinypkg.bad:NoProfiles\n",
+    "broken-plugin": (
+        "broken = tinypkg.missing:Nope\ninvalid = tinypkg.bad:NoProfiles\nexits = tinypkg.exits:X\n"
+    ),
 }
 
 
@@ -102,6 +104,7 @@ def write_plugins(root: Path, dists: tuple[str, ...] = tuple(DISTS)) -> Path:
     (package / "model.py").write_text(TINY_MODEL)
     (package / "selfreg.py").write_text(SELF_REGISTERING)
     (package / "bad.py").write_text(NOT_A_FAMILY)
+    (package / "exits.py").write_text("import sys\n\nsys.exit(7)\n")  # at import: must not end genbench
     for name in dists:
         info = root / f"{name.replace('-', '_')}-0.1.dist-info"
         info.mkdir()
@@ -143,7 +146,8 @@ def test_entry_points_load_once_and_a_broken_plugin_is_skipped_with_a_warning(pl
     assert get_model_class("tiny").__name__ == "TinyModel" and get_model_class("tiny2").__name__ == "TinyTwo"
     assert "No module named 'tinypkg.missing'" in failures["broken"]
     assert "profiles lacks" in failures["invalid"] and "broken-plugin" in failures["invalid"]
-    assert len(caught) == 2 and all("\n" not in str(w.message) for w in caught)
+    assert "SystemExit: 7" in failures["exits"]  # a plug-in calling sys.exit at import is skipped too
+    assert len(caught) == 3 and all("\n" not in str(w.message) for w in caught)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plugins.load_plugins()  # once per process: no second import, no second warning
@@ -166,7 +170,8 @@ def test_list_shows_each_family_with_its_origin(plugin_path):
     assert lines["tiny2"].endswith("[entry point tiny-plugin]")
     assert lines["vae"].endswith("[built-in]") and "aliases=ddpm" in lines["diffusion"]
     warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warned) == 2 and any("'broken'" in w and "tinypkg.missing" in w for w in warned)
+    assert len(warned) == 3 and any("'broken'" in w and "tinypkg.missing" in w for w in warned)
+    assert any("'exits'" in w and "SystemExit" in w for w in warned)
 
 
 def test_a_broken_plugin_named_explicitly_is_a_one_line_usage_error(plugin_path):
