@@ -203,3 +203,28 @@ def test_a_checkpoint_that_is_a_fifo_is_refused_not_read_forever(tmp_path):
     os.mkfifo(tmp_path / "last.pt")
     with pytest.raises(UserError, match="is not a regular file"):
         load_weights(tmp_path / "last.pt", torch.nn.Linear(1, 1))
+
+
+def test_a_bad_floors_file_is_computed_again(tmp_path, mnist_dir):
+    from genbench.bench.data import load_dataset
+    from genbench.metrics.fidelity import resolve_network
+
+    np.save(tmp_path / "s.npy", load_dataset("mnist", mnist_dir).test[:150].numpy())
+    floor = tmp_path / "results" / "floors" / "mnist_mnist_n150.json"
+    floor.parent.mkdir(parents=True)
+    sha = resolve_network("mnist").sha256
+    for n, bad in enumerate(([], {"sha256": sha, "metrics": {"fid_mnist": {"value": "low"}}})):
+        floor.write_text(json.dumps(bad))
+        args = (
+            "--results",
+            tmp_path / "results",
+            "--name",
+            f"s{n}",
+            "--data-dir",
+            mnist_dir,
+            "--device",
+            "cpu",
+        )
+        scored = invoke("eval", "--samples", tmp_path / "s.npy", *args)
+        assert scored.exit_code == 0, scored.output
+        assert isinstance(json.loads(floor.read_text())["metrics"]["fid_mnist"]["value"], float)
