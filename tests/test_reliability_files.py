@@ -228,3 +228,24 @@ def test_a_bad_floors_file_is_computed_again(tmp_path, mnist_dir):
         scored = invoke("eval", "--samples", tmp_path / "s.npy", *args)
         assert scored.exit_code == 0, scored.output
         assert isinstance(json.loads(floor.read_text())["metrics"]["fid_mnist"]["value"], float)
+
+
+@pytest.mark.parametrize(
+    "log_prob, needle",
+    [(float("nan"), "not finite for 16 of 16"), (1000.0, "below 0, impossible for discrete pixels")],
+)
+def test_an_impossible_likelihood_is_an_error_not_a_number(log_prob, needle):
+    """A NaN log_prob, or an "exact" one of +1000 nats (-1.84 bits/dim), ends the evaluation (and so
+    the run: failed, with this reason) instead of being reported, let alone bolded as best."""
+    from conftest import fake_mnist
+
+    from genbench import models
+    from genbench.metrics.base import EvalConfig, EvalContext
+    from genbench.metrics.likelihood import ImpossibleLikelihood, likelihood
+
+    model = models.build("pixelcnn", "smoke")[0].eval()
+    ctx = EvalContext(model, fake_mnist(), EvalConfig(n_test=16, batch_size=8), torch.device("cpu"), seed=0)
+    assert 0 < likelihood(ctx)["bpd"].value < 9  # the model's own log_prob passes
+    model.log_prob = lambda x: torch.full((len(x),), log_prob)
+    with pytest.raises(ImpossibleLikelihood, match=needle):
+        likelihood(ctx)
