@@ -249,3 +249,15 @@ def test_an_impossible_likelihood_is_an_error_not_a_number(log_prob, needle):
     model.log_prob = lambda x: torch.full((len(x),), log_prob)
     with pytest.raises(ImpossibleLikelihood, match=needle):
         likelihood(ctx)
+
+
+def test_a_samples_file_of_no_images_costs_the_report_a_panel_not_the_report(tmp_path):
+    from types import SimpleNamespace
+
+    from genbench.bench.report import images
+
+    run = SimpleNamespace(path=tmp_path)
+    torch.save(torch.zeros(2, 1, 28, 28, dtype=torch.uint8), tmp_path / "samples.pt")
+    assert images.load_samples(run).shape == (2, 1, 28, 28)
+    torch.save(torch.zeros(0, 1, 28, 28, dtype=torch.uint8), tmp_path / "samples.pt")
+    assert images.load_samples(run) is None  # was a ZeroDivisionError in the nearest-neighbour panel
