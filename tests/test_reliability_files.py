@@ -261,3 +261,12 @@ def test_a_samples_file_of_no_images_costs_the_report_a_panel_not_the_report(tmp
     assert images.load_samples(run).shape == (2, 1, 28, 28)
     torch.save(torch.zeros(0, 1, 28, 28, dtype=torch.uint8), tmp_path / "samples.pt")
     assert images.load_samples(run) is None  # was a ZeroDivisionError in the nearest-neighbour panel
+
+
+def test_a_garbage_run_lock_is_named_as_such(tmp_path):
+    from genbench.bench import results
+
+    (tmp_path / results.LOCK).write_bytes(b"\x00garbage")
+    with pytest.raises(results.RunInUse, match="names no process genbench can check") as caught:
+        results.check_not_in_use(tmp_path)
+    assert "None" not in str(caught.value) and (tmp_path / results.LOCK).read_bytes() == b"\x00garbage"
