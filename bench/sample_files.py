@@ -161,6 +161,13 @@ def as_nchw(array: Tensor | np.ndarray, path: Path) -> tuple[Tensor, list[str]]:
     if isinstance(array, Tensor) and array.dtype in (torch.uint16, torch.uint32, torch.uint64):
         array = _from_numpy(array.numpy(), path)
     images = torch.as_tensor(array)
+    if images.is_floating_point() and images.numel():  # the hint's scale follows the values' range
+        high = float(images.max())
+        scaled = "x" if high > 1 else "x * 255"
+        raise UserError(
+            f"{path}: images are {images.dtype}, expected integer pixels (these reach {high:.4g}); "
+            f"convert to uint8 0..255 first, e.g. ({scaled}).round().clip(0, 255).astype(np.uint8)"
+        )
     if images.is_floating_point() or images.is_complex() or images.dtype == torch.bool:
         raise UserError(f"{path}: images are {images.dtype}, expected integer pixels; {TO_UINT8}")
     notes = []

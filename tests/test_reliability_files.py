@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import stat
 from pathlib import Path
 
@@ -270,3 +271,12 @@ def test_a_garbage_run_lock_is_named_as_such(tmp_path):
     with pytest.raises(results.RunInUse, match="names no process genbench can check") as caught:
         results.check_not_in_use(tmp_path)
     assert "None" not in str(caught.value) and (tmp_path / results.LOCK).read_bytes() == b"\x00garbage"
+
+
+def test_the_hint_for_float_samples_follows_their_range(tmp_path):
+    from genbench.bench.sample_files import read_samples
+
+    for high, hint in ((1.0, "(x * 255).round()"), (255.0, "(x).round()")):
+        np.save(tmp_path / "f.npy", np.linspace(0, high, 4 * 28 * 28, dtype=np.float32).reshape(4, 28, 28))
+        with pytest.raises(UserError, match=re.escape(hint)):
+            read_samples(tmp_path / "f.npy")
