@@ -76,7 +76,7 @@ def _loads_as_weights(path: str, size: int, mtime_ns: int) -> str | None:
     except UserError as exc:
         return str(exc)
     except Exception as exc:  # torch.load fails on foreign or hostile files in many ways
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        return f"it would run code, or is no PyTorch file: {type(exc).__name__}"
     return None if isinstance(state, dict) else f"it holds a {type(state).__name__}, not a state dict"
 
 
