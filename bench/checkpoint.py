@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from genbench.core.errors import UserError
-from genbench.core.files import save_torch
+from genbench.core.files import open_regular, save_torch
 
 CHECKPOINT_FORMAT = "genbench-checkpoint-v2"
 
@@ -70,7 +70,10 @@ def save_checkpoint(
 def load_checkpoint(path: Path, identity: dict) -> dict:
     """Read a checkpoint safely (weights_only) and check it belongs to this run."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path) as f:  # a FIFO would be read forever
+            ckpt = torch.load(f, map_location="cpu", weights_only=True)
+    except UserError:
+        raise
     except FileNotFoundError:
         raise UserError(
             f"no checkpoint at {path}: the run stopped before its first checkpoint; start it again"
@@ -112,7 +115,10 @@ def load_weights(path: Path, model, prefer_ema: bool = True) -> dict[str, Any]:
     the run identity: the EMA weights where the run kept them (what it was evaluated with).
     Returns the checkpoint's loop state."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path) as f:  # a FIFO would be read forever
+            ckpt = torch.load(f, map_location="cpu", weights_only=True)
+    except UserError:
+        raise
     except FileNotFoundError:
         raise UserError(f"no checkpoint at {path}: the run has not written one yet") from None
     except Exception as exc:

@@ -51,6 +51,16 @@ class Renamed(click.Option):
             self.opts = opts
 
 
+class _NamedFolder(click.Path):
+    """A path that is not empty: click turns "" into Path("."), the current folder, where a download
+    would write."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty; pass the folder that holds the data", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def _parse_device(ctx, param, value: str) -> str:
     """auto, or a device of a kind genbench runs on (whether a GPU is there is checked at the start)."""
     import torch

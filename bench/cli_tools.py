@@ -20,6 +20,7 @@ from genbench.bench.cli_options import (
 from genbench.bench.data import DEFAULT_DATASET
 from genbench.bench.results import SEED_LIMIT, check_writable_folder
 from genbench.bench.settings import setting_options
+from genbench.core import files
 from genbench.models.base import PROFILE_NAMES
 
 
@@ -100,6 +101,7 @@ def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
 
     spec = features.get_classifier_spec(dataset)
     check_writable_folder((out or spec.weights_path).parent, "--out")  # before minutes of training
+    files.check_output_file(out or spec.weights_path, "--out")
     device_ = resolve_device(device)
     data = load_dataset(dataset, data_dir, device=device_)
     accuracy = features.train_classifier(

@@ -275,8 +275,11 @@ class Dataset:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """--data-dir, else $GENBENCH_DATA, else ./data."""
+    """--data-dir, else $GENBENCH_DATA, else ./data. An empty name is refused: it would be the current
+    folder, where a download would write."""
     if data_dir is not None:
+        if not str(data_dir).strip():
+            raise UserError("--data-dir is empty; pass the folder that holds the data")
         return Path(data_dir)
     return Path(os.environ.get(ENV_VAR) or DEFAULT_DIR)
 
@@ -435,8 +438,9 @@ def load_dataset(
     folder = find_folder(root, source)
     missing = [n for n in source.files if _stat(folder / n, f"{source.title} file", source.hint) is None]
     if missing:
-        if data_dir is not None and not exists:
-            raise UserError(f"data directory does not exist: {root}; {source.hint}")
+        if (data_dir is not None or os.environ.get(ENV_VAR)) and not exists:  # only ./data is created
+            given = "" if data_dir is not None else f" (from ${ENV_VAR})"
+            raise UserError(f"data directory does not exist: {root}{given}; {source.hint}")
         if not download_missing:
             raise UserError(f"{source.title} file missing: {folder / missing[0]}; {source.hint}")
         download(root, source)

@@ -142,9 +142,9 @@ def score(
         path = floors_path(floors_dir, dataset, net, n_floor) if floors_dir is not None else None
         if path is not None and path.is_file():
             written = files.read_json(path, "delete it; it is re-created")
-            if written.get("sha256") == resolve_network(net, config.inception_weights).sha256:
+            if _usable_floor(written, resolve_network(net, config.inception_weights).sha256):
                 floors[net] = written
-                continue  # else computed by weights that have changed since: computed again
+                continue  # else computed by weights that have changed since, or unreadable: again
         floors[net] = compute_floors(  # the feature networks read 8-bit pixels: binarized 0/1 as 0/255
             data.at_8bit(), net, n, cache_dir, device_, SEED, subset_seed=config.subset_seed,
             inception_weights=config.inception_weights, allow_few_samples=config.allow_few_samples,
@@ -170,6 +170,14 @@ def score(
 
 def default_name(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path).stem).strip("-.") or "samples"
+
+
+def _usable_floor(doc: Any, sha256: str) -> bool:
+    """A floors document written by these weights, whose every metric value is a number or null."""
+    if not isinstance(doc, dict) or doc.get("sha256") != sha256 or not isinstance(doc.get("metrics"), dict):
+        return False
+    entries = doc["metrics"].values()
+    return all(isinstance(e, dict) and isinstance(e.get("value"), (int, float, type(None))) for e in entries)
 
 
 def score_external(request: EvalRequest, echo: Callable[..., None], data=None) -> tuple[Scored, Path]:

@@ -18,7 +18,7 @@ from genbench.core import files
 from genbench.core.errors import UsageError, UserError
 from genbench.metrics.base import EVAL_PROFILES, EvalConfig
 from genbench.models.base import ORIGINS, TrainConfig, get_model_class, with_image_spec
-from genbench.models.plugins import is_spec
+from genbench.models.plugins import recorded_family
 
 
 def as_data(obj: Any) -> Any:
@@ -107,9 +107,7 @@ def plan(
 
 
 def plan_from_config(config: dict[str, Any]) -> RunPlan:
-    # A family named by package.module:Class (no entry point) is imported again from its origin.
-    origin = config.get("model_origin")
-    cls = get_model_class(origin if is_spec(origin) else config["model"])
+    cls = recorded_family(config)  # never a module the file names
     return RunPlan(
         model=cls.name,
         profile=config["profile"],

@@ -172,9 +172,12 @@ def _alive(holder: dict[str, Any]) -> bool:
 
 
 def _in_use(run_dir: Path, holder: dict[str, Any]) -> str:
+    fix = f"wait for it to end, or if that process is gone, delete {run_dir / LOCK}"
+    if not isinstance(holder.get("pid"), int) or not isinstance(holder.get("host"), str):
+        return f"run in use: {run_dir / LOCK} names no process genbench can check (unreadable); {fix}"
     return (
-        f"run in use: {run_dir} is held by pid {holder.get('pid')} on {holder.get('host')} since "
-        f"{holder.get('since')}; wait for it to end, or if that process is gone, delete {run_dir / LOCK}"
+        f"run in use: {run_dir} is held by pid {holder['pid']} on {holder['host']} since "
+        f"{holder.get('since')}; {fix}"
     )
 
 

@@ -22,11 +22,12 @@ import torch
 from torch import Tensor
 
 from genbench.core.errors import UserError
-from genbench.core.files import file_sha256, save_image_grid, write_bytes
+from genbench.core.files import file_sha256, open_regular, save_image_grid, write_bytes
 
 ARRAY_SUFFIXES = (".npz", ".npy", ".pt", ".pth")
 NPZ_KEY = "images"  # the array name `bench sample` writes
 PNG_GRID_MAX = 256  # more samples than this go to a .npz: a grid of them is too large to look at
+MAX_PNG_PIXELS = 4096 * 4096  # no dataset image is near this; a bigger PNG is a decompression bomb
 ACCEPTED = "a .npz, .npy or .pt array of images, or a folder of .png files"
 TO_UINT8 = "convert to uint8 0..255 first, e.g. (x * 255).round().clip(0, 255).astype(np.uint8)"
 
@@ -73,13 +74,14 @@ def read_samples(path: Path, key: str | None = None) -> Samples:
 def _read_array_file(path: Path, key: str | None) -> tuple[Tensor, str]:
     suffix = path.suffix.lower()
     try:
-        if suffix == ".npy":
-            return _from_numpy(np.load(path, allow_pickle=False), path), "npy"
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                name = _pick(list(archive.files), key, path)
-                return _from_numpy(archive[name], path), f"npz[{name}]"
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path) as f:  # a FIFO or device would be read forever
+            if suffix == ".npy":
+                return _from_numpy(np.load(f, allow_pickle=False), path), "npy"
+            if suffix == ".npz":
+                with np.load(f, allow_pickle=False) as archive:
+                    name = _pick(list(archive.files), key, path)
+                    return _from_numpy(archive[name], path), f"npz[{name}]"
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except UserError:
         raise
     except Exception as exc:  # np.load and torch.load fail on corrupt or foreign files in many ways
@@ -112,6 +114,11 @@ def _pick(names: list[str], key: str | None, path: Path) -> str:
 def _from_numpy(array: np.ndarray, path: Path) -> Tensor:
     if array.dtype.kind not in "uif":  # bool, complex, strings, records: not pixels
         raise UserError(f"{path}: images are {array.dtype}, expected integer pixels; {TO_UINT8}")
+    if array.dtype.kind == "u" and array.dtype.itemsize > 1:  # torch has few kernels for uint16..64
+        high = int(array.max()) if array.size else 0
+        if high > 255:
+            raise UserError(f"{path}: pixel values reach {high}, but pixels are integers 0..255; {TO_UINT8}")
+        array = array.astype(np.uint8)
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
@@ -126,8 +133,14 @@ def _read_png_folder(folder: Path) -> tuple[np.ndarray, str, str]:
         try:
             payload = p.read_bytes()
             with Image.open(io.BytesIO(payload)) as image:
+                if image.width * image.height > MAX_PNG_PIXELS:
+                    raise UserError(
+                        f"{p} is {image.width}x{image.height}: far larger than a dataset's images"
+                    )
                 image.load()
                 mode, pixels = image.mode, np.asarray(image)
+        except Image.DecompressionBombError:  # PIL's own limit, before the size can be read
+            raise UserError(f"{p} is far larger than a dataset's images (a decompression bomb?)") from None
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise UserError(f"cannot read {p}: not a readable PNG ({type(exc).__name__})") from None
         if mode not in ("L", "RGB"):
@@ -143,7 +156,18 @@ def _read_png_folder(folder: Path) -> tuple[np.ndarray, str, str]:
 
 def as_nchw(array: Tensor | np.ndarray, path: Path) -> tuple[Tensor, list[str]]:
     """(N, C, H, W) integers from (N, C, H, W), (N, H, W) or (N, H, W, C); a one-line error otherwise."""
+    if isinstance(array, Tensor) and (array.layout != torch.strided or array.device.type != "cpu"):
+        raise UserError(f"{path}: a {array.layout} tensor on {array.device}; save a dense tensor of images")
+    if isinstance(array, Tensor) and array.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        array = _from_numpy(array.numpy(), path)
     images = torch.as_tensor(array)
+    if images.is_floating_point() and images.numel():  # the hint's scale follows the values' range
+        high = float(images.max())
+        scaled = "x" if high > 1 else "x * 255"
+        raise UserError(
+            f"{path}: images are {images.dtype}, expected integer pixels (these reach {high:.4g}); "
+            f"convert to uint8 0..255 first, e.g. ({scaled}).round().clip(0, 255).astype(np.uint8)"
+        )
     if images.is_floating_point() or images.is_complex() or images.dtype == torch.bool:
         raise UserError(f"{path}: images are {images.dtype}, expected integer pixels; {TO_UINT8}")
     notes = []

@@ -21,7 +21,7 @@ from genbench.core import files
 from genbench.core.errors import UsageError, UserError
 from genbench.metrics.base import sample_batch
 from genbench.models.base import GenerativeModel, get_model_class
-from genbench.models.plugins import is_spec
+from genbench.models.plugins import recorded_family
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +52,7 @@ def _check_family(run_dir: Path, config: dict[str, Any]) -> None:
         raise UserError(f"{run_dir} is a re-evaluation (bench eval) of {original}; pass that run folder")
     origin = config.get("model_origin")
     try:
-        get_model_class(origin if is_spec(origin) else config["model"])
+        recorded_family(config)
     except KeyError as exc:
         raise UserError(
             f"{run_dir} is a run of model family {config['model']!r} ({origin or 'origin unknown'}), which "
@@ -114,6 +114,9 @@ def sample_run(
     saying what was written. The seed defaults to the run's, the batch size to its evaluation's on
     this device (batch i is drawn from (seed, i), so the same batches give the evaluation's images)."""
     output_format(out, n)  # a bad --out fails before the model is loaded
+    files.check_output_file(out, "--out")
+    if Path(out).resolve().is_relative_to(Path(run_dir).resolve()):
+        raise UserError(f"--out {out} is inside the run folder {run_dir}; bench sample never writes there")
     loaded = load_run(run_dir, resolve_device(device))
     mode = check_mode(loaded.model, mode)
     seed = loaded.plan.seed if seed is None else seed

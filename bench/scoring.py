@@ -171,7 +171,7 @@ def training_summary(run_dir: Path, config: dict[str, Any], plan, state: dict[st
 def reevaluate(request: EvalRequest, echo: Callable[..., None], data=None) -> tuple[dict[str, Any], Path]:
     """Evaluate a run's checkpoint under the requested protocol into a new folder beside it; returns
     metrics.json's content and the folder. ``data``: the dataset, when the caller has it loaded."""
-    run_dir = Path(request.run_dir)
+    run_dir = Path(request.run_dir).resolve()  # "." (inside the run) names the folder, not a place in it
     config, plan = read_checked(run_dir)
     profile = request.profile or plan.profile
     base = EVAL_PROFILES[request.profile] if request.profile else plan.eval_config

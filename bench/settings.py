@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from genbench.bench.cli_options import _options, _parse_device
+from genbench.bench.cli_options import _NamedFolder, _options, _parse_device
 from genbench.bench.data import DEFAULT_DATASET
 
 TRAIN, EVAL = "train_config", "eval_config"  # the configs an override sets a field of
@@ -52,7 +52,7 @@ class RunSettings:
         "before each run and recorded in config.json; OMP_NUM_THREADS if set]",
     )  # fmt: skip
     data_dir: Path | None = _setting(
-        None, "--data-dir", type=click.Path(path_type=Path),
+        None, "--data-dir", type=_NamedFolder(path_type=Path),
         help="Folder holding the dataset in torchvision's layout: MNIST/raw/, FashionMNIST/raw/, "
         "cifar-10-batches-py/ (else $GENBENCH_DATA, else ./data; downloaded when missing).",
     )  # fmt: skip

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import itertools
 import os
+import re
 import signal
 import socket
 import time
@@ -37,7 +38,7 @@ import click
 import pandas as pd
 import submitit
 from submitit.core.job_environment import JobEnvironment
-from submitit.core.utils import JobPaths, pickle_load
+from submitit.core.utils import JobPaths
 
 from genbench.bench import results
 from genbench.bench.data import DEFAULT_DATASET, resolve_data_dir
@@ -444,19 +445,37 @@ class SweepRecord:
         )
 
 
+JOB_ID = re.compile(r"\d{1,20}(_\d{1,10})?")  # a Slurm job (array task) id, or a local job's pid
+
+
+def job_id(folder: Path, job: Any) -> str:
+    """A job's id from sweep.json, read as data: digits (and one array index), nothing that could
+    name a path outside the sweep's jobs folder."""
+    ident = job.get("job_id") if isinstance(job, dict) else None
+    if not (isinstance(ident, str) and JOB_ID.fullmatch(ident)) or job.get("launcher") not in LAUNCHERS:
+        raise UserError(
+            f"{folder / 'sweep.json'} holds a job that is not a Slurm or local job id ({ident!r}); "
+            "delete that file (the run folders stay) and submit the sweep again"
+        )
+    return ident
+
+
 def job_state(folder: Path, job: dict[str, Any]) -> str:
     """submitit's view of a job: Slurm's state (sacct), or for a local job whether it left a result,
     still runs, or is gone."""
+    ident = job_id(folder, job)
     if job["launcher"] == "slurm":
-        return submitit.SlurmJob(folder / "jobs", job["job_id"]).state
-    paths = JobPaths(folder / "jobs", job["job_id"])
+        return submitit.SlurmJob(folder / "jobs", ident).state
+    paths = JobPaths(folder / "jobs", ident)
     if paths.result_pickle.exists():
-        outcome, _ = pickle_load(paths.result_pickle)
-        return "COMPLETED" if outcome == "success" else "FAILED"
+        # (outcome, RunJob's dict of strings or a traceback's text), read without running code
+        doc = files.read_plain_pickle(paths.result_pickle)
+        ok = isinstance(doc, tuple) and len(doc) == 2 and doc[0] in ("success", "error")
+        return {"success": "COMPLETED", "error": "FAILED"}[doc[0]] if ok else "UNREADABLE RESULT"
     if job.get("host") != socket.gethostname():
         return "UNKNOWN"
     try:
-        os.kill(int(job["job_id"]), 0)
+        os.kill(int(ident), 0)
     except ProcessLookupError:
         return "GONE"
     except PermissionError:
@@ -484,7 +503,7 @@ def status(out: Path, sweep: str | None = None) -> pd.DataFrame:
                     "sweep": folder.name,
                     "run": run_id,
                     "status": doc.get("status", "missing"),
-                    "job": jobs[-1]["job_id"] if jobs else "-",
+                    "job": job_id(folder, jobs[-1]) if jobs else "-",
                     "job state": job_state(folder, jobs[-1]) if jobs else "-",
                     "reason": doc.get("reason") or "",
                 }

@@ -10,7 +10,9 @@ import io
 import json
 import math
 import os
+import pickle
 import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,25 @@ import torch
 from genbench.core.errors import UserError
 
 
+def check_output_file(path: Path, option: str = "output") -> None:
+    """Refuse to write ``path`` when something that is not a regular file is there (a device node, a
+    FIFO, a folder): replacing it would destroy what is not ours, or never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UserError(f"{option} {path}: {exc.strerror or exc}; name a new file") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{option} {path} exists and is not a regular file; name a new file")
+
+
 def write_bytes(path: Path, payload: bytes) -> None:
     """Write through a temporary file in the same folder, then os.replace: a crash never leaves a
     half-written file under the final name. os.open with 0o666 keeps the umask's permissions
-    (mkstemp would make every result file private)."""
+    (mkstemp would make every result file private). Only a regular file is ever replaced."""
     path = Path(path)
+    check_output_file(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,9 +60,20 @@ def write_bytes(path: Path, payload: bytes) -> None:
         raise
 
 
+def open_regular(path: Path) -> io.BufferedReader:
+    """``open(path, "rb")`` of a regular file; a FIFO, device or folder is a UserError, not a read that
+    waits for a writer forever or never ends (O_NONBLOCK lets the open of a FIFO return)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"{path} is not a regular file; name a file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -119,3 +146,21 @@ def read_json(path: Path, fix: str = "fix or delete it") -> Any:
         raise UserError(f"{path} does not exist") from None
     except OSError as exc:
         raise UserError(f"cannot read {path} ({exc.strerror or exc}): {fix}") from None
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Builtin containers, numbers and strings only: a pickle that names any class or function (the
+    way a pickle runs code) is refused, never called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refused {module}.{name}")
+
+
+def read_plain_pickle(path: Path) -> Any:
+    """A pickle someone else wrote (submitit's result files), read as data; None when it is not a
+    regular file, cannot be read, or names anything but builtin values."""
+    try:
+        with open_regular(path) as f:
+            return _PlainUnpickler(f).load()
+    except (UserError, OSError, EOFError, ValueError, TypeError, pickle.UnpicklingError, RecursionError):
+        return None

@@ -87,7 +87,7 @@ def read(path: Path, key: dict) -> dict[str, Tensor] | None:
     if not path.exists():
         return None
     try:
-        with np.load(path, allow_pickle=False) as stored:
+        with files.open_regular(path) as f, np.load(f, allow_pickle=False) as stored:
             found = json.loads(str(stored[KEY]))
             if found != key:
                 theirs = found if isinstance(found, dict) else {}
@@ -95,8 +95,9 @@ def read(path: Path, key: dict) -> dict[str, Tensor] | None:
                 _notice(path, f"made for other inputs: differs in {', '.join(differs)}")
                 return None
             arrays = {layer: stored[_array_name(layer)] for layer in key["layers"]}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        # ValueError covers a pickle (refused by allow_pickle=False) and bad JSON.
+    except (UserError, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        # ValueError covers a pickle (refused by allow_pickle=False) and bad JSON; UserError a
+        # folder, FIFO or device in the file's place.
         _notice(path, f"unreadable: {type(exc).__name__}")
         return None
     for layer, array in arrays.items():

@@ -67,6 +67,32 @@ def file_sha256(path: Path) -> str:
     return _sha256_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
+@functools.lru_cache(maxsize=8)
+def _loads_as_weights(path: str, size: int, mtime_ns: int) -> str | None:
+    """Why the file is not a plain weights file (None: it is)."""
+    try:
+        with files.open_regular(Path(path)) as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+    except UserError as exc:
+        return str(exc)
+    except Exception as exc:  # torch.load fails on foreign or hostile files in many ways
+        return f"it would run code, or is no PyTorch file: {type(exc).__name__}"
+    return None if isinstance(state, dict) else f"it holds a {type(state).__name__}, not a state dict"
+
+
+def checked_weights(path: Path, source: str) -> Path:
+    """torch-fidelity loads Inception weights with ``weights_only=False``, which runs whatever code a
+    pickle names: a file is handed to it only once it loads as plain tensors (``weights_only=True``)."""
+    stat = path.stat()
+    why = _loads_as_weights(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if why is not None:
+        raise UserError(
+            f"{path} (from {source}) is not a plain Inception weights file ({why}); pass torch-fidelity's "
+            f"{os.path.basename(URL_INCEPTION_V3)}, or leave it unset to use the offline port"
+        )
+    return path
+
+
 def torch_hub_weights_path() -> Path:
     """Where torch-fidelity's load_state_dict_from_url keeps its Inception weights once downloaded."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(URL_INCEPTION_V3)
@@ -100,15 +126,17 @@ def resolve_inception(weights_path: str | os.PathLike | None = None) -> Inceptio
     given, origin = (weights_path, "argument") if weights_path else (os.environ.get(ENV_VAR) or None, "env")
     if given is not None:
         path = Path(given).expanduser()
+        source = "--inception-weights" if origin == "argument" else ENV_VAR
         if not path.is_file():
-            source = "--inception-weights" if origin == "argument" else ENV_VAR
             raise UserError(
                 f"Inception weights not found: {path} (from {source}); pass torch-fidelity's "
                 f"{os.path.basename(URL_INCEPTION_V3)}, or leave it unset to use the offline port"
             )
+        checked_weights(path, source)
         return InceptionSource(BUILTIN_EXTRACTOR, path, origin, BUILTIN_IS_LAYER, file_sha256(path))
     cached = torch_hub_weights_path()
     if cached.is_file():
+        checked_weights(cached, "torch.hub's cache")
         return InceptionSource(
             BUILTIN_EXTRACTOR, cached, "torch-hub-cache", BUILTIN_IS_LAYER, file_sha256(cached)
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from genbench.core.errors import UserError
 from genbench.core.schema import Output, Value
 from genbench.metrics.base import EvalContext, describe_subset, register_metric
 from genbench.models.base import bits_per_dim
@@ -15,9 +16,33 @@ IWAE_NLL = Output("iwae_nats", "IWAE NLL", "nats/image", False, "likelihood", 30
 IWAE_BPD = Output("iwae_bpd", "IWAE bits/dim", "bits/dim", False, "likelihood", 31)
 
 
+class ImpossibleLikelihood(UserError):
+    """A likelihood no model of discrete pixels can have: the run ends failed, like a diverged loss."""
+
+
+def check_possible(nll: Tensor, model, what: str) -> None:
+    """Every per-image NLL finite, and their mean not below 0: the probability of discrete pixels is
+    at most 1, so an exact NLL, a bound on it and (up to Monte Carlo noise far below a nat) an IWAE
+    estimate of it are never negative."""
+    bad = int((~nll.isfinite()).sum())
+    if bad:
+        raise ImpossibleLikelihood(
+            f"{model.name}: {what} is not finite for {bad} of {len(nll)} test images; the model diverged "
+            "or its log_prob is broken"
+        )
+    mean = float(nll.mean())
+    if mean < 0:
+        raise ImpossibleLikelihood(
+            f"{model.name}: {what} is {mean:.4g} nats/image ({float(bits_per_dim(mean, model.dims)):.4g} "
+            "bits/dim), below 0, impossible for discrete pixels (a probability is at most 1); log_prob "
+            "must return the log-probability of the discrete pixels in nats"
+        )
+
+
 def _nll_values(
     nll: Tensor, ctx: EvalContext, nats: Output, bpd: Output, kind: str, estimator: str, k: int | None = None
 ) -> dict[str, Value]:
+    check_possible(nll, ctx.model, nats.label)
     dims = ctx.model.dims
     mean = float(nll.mean())
     protocol = {

@@ -20,6 +20,7 @@ To run the contract tests against a plug-in, load it before collection:
 from __future__ import annotations
 
 import importlib
+import os
 import types
 import warnings
 from importlib import metadata
@@ -96,7 +97,7 @@ def _load_entry_point(entry_point: metadata.EntryPoint) -> list[str]:
     before = set(MODELS)
     try:
         obj = entry_point.load()
-    except Exception as exc:  # a broken plug-in must not break genbench: the caller skips it
+    except (Exception, SystemExit) as exc:  # a broken plug-in must not break genbench (nor exit it)
         raise PluginError(f"{what} failed to load: {_problem(exc)}") from None
     if isinstance(obj, types.ModuleType):
         # A module that registers its families on import (perhaps imported earlier by a spec).
@@ -111,19 +112,39 @@ def _load_entry_point(entry_point: metadata.EntryPoint) -> list[str]:
 
 
 def load_plugins() -> dict[str, str]:
-    """Load every entry point of the group ``genbench.models``, once per process. A plug-in that
-    fails is skipped with a PluginWarning; returns the failures (entry-point name -> reason)."""
+    """Load every entry point of the group ``genbench.models`` and every spec the user names in
+    ``GENBENCH_PLUGINS``, once per process. A plug-in that fails is skipped with a PluginWarning;
+    returns the failures (entry-point name or spec -> reason)."""
     global _loaded
     if _loaded:
         return FAILURES
     _loaded = True
-    for entry_point in metadata.entry_points(group=GROUP):
+    loaders = [(e.name, lambda e=e: _load_entry_point(e)) for e in metadata.entry_points(group=GROUP)]
+    specs = [item.strip() for item in os.environ.get(ENV_VAR, "").split(",") if is_spec(item.strip())]
+    for name, load in [*loaders, *[(spec, lambda spec=spec: load_spec(spec)) for spec in specs]]:
         try:
-            _load_entry_point(entry_point)
+            load()
         except PluginError as exc:
-            FAILURES[entry_point.name] = str(exc)
+            FAILURES[name] = str(exc)
             warnings.warn(f"skipped {exc}", PluginWarning, stacklevel=2)
     return FAILURES
+
+
+def recorded_family(config: dict) -> type[GenerativeModel]:
+    """The family a run's config.json names, found among the registered families and the installed
+    entry points. A module the file names is never imported (that would run code a file chose): a
+    family of a ``module:Class`` spec is found once the user names the spec in ``GENBENCH_PLUGINS``.
+    A KeyError saying which family is missing and how to load it otherwise."""
+    from genbench.models.base import get_model_class
+
+    name, origin = config["model"], config.get("model_origin")
+    if not isinstance(name, str) or is_spec(name):
+        raise KeyError(f"model {name!r} is not the name of a model family")
+    try:
+        return get_model_class(name)
+    except KeyError as exc:
+        load = f"; to load it from {origin}, set {ENV_VAR}={origin}" if is_spec(origin) else ""
+        raise KeyError(f"{exc.args[0]}{load}") from None
 
 
 def resolve(name: str) -> str:

@@ -197,7 +197,7 @@ def test_floors_compare_train_with_test_and_score_test(tmp_path):
 
 def test_inception_weights_from_the_environment_select_torch_fidelity(tmp_path, monkeypatch):
     weights = tmp_path / "weights-inception.pth"
-    weights.write_bytes(b"not really weights")
+    torch.save({"conv.weight": torch.zeros(1)}, weights)  # a plain state dict (not really Inception's)
     monkeypatch.setenv(inception.ENV_VAR, str(weights))
     source = inception.resolve_inception()
     assert source.extractor == inception.BUILTIN_EXTRACTOR and source.weights_path == weights

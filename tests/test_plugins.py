@@ -90,7 +90,9 @@ class NoProfiles(GenerativeModel):
 
 DISTS = {
     "tiny-plugin": "tiny = tinypkg.model:TinyModel\ntiny2 = tinypkg.selfreg\n",
-    "broken-plugin": "broken = tinypkg.missing:Nope\ninvalid = tinypkg.bad:NoProfiles\n",
+    "broken-plugin": (
+        "broken = tinypkg.missing:Nope\ninvalid = tinypkg.bad:NoProfiles\nexits = tinypkg.exits:X\n"
+    ),
 }
 
 
@@ -102,6 +104,7 @@ def write_plugins(root: Path, dists: tuple[str, ...] = tuple(DISTS)) -> Path:
     (package / "model.py").write_text(TINY_MODEL)
     (package / "selfreg.py").write_text(SELF_REGISTERING)
     (package / "bad.py").write_text(NOT_A_FAMILY)
+    (package / "exits.py").write_text("import sys\n\nsys.exit(7)\n")  # at import: must not end genbench
     for name in dists:
         info = root / f"{name.replace('-', '_')}-0.1.dist-info"
         info.mkdir()
@@ -143,7 +146,8 @@ def test_entry_points_load_once_and_a_broken_plugin_is_skipped_with_a_warning(pl
     assert get_model_class("tiny").__name__ == "TinyModel" and get_model_class("tiny2").__name__ == "TinyTwo"
     assert "No module named 'tinypkg.missing'" in failures["broken"]
     assert "profiles lacks" in failures["invalid"] and "broken-plugin" in failures["invalid"]
-    assert len(caught) == 2 and all("\n" not in str(w.message) for w in caught)
+    assert "SystemExit: 7" in failures["exits"]  # a plug-in calling sys.exit at import is skipped too
+    assert len(caught) == 3 and all("\n" not in str(w.message) for w in caught)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plugins.load_plugins()  # once per process: no second import, no second warning
@@ -166,7 +170,8 @@ def test_list_shows_each_family_with_its_origin(plugin_path):
     assert lines["tiny2"].endswith("[entry point tiny-plugin]")
     assert lines["vae"].endswith("[built-in]") and "aliases=ddpm" in lines["diffusion"]
     warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warned) == 2 and any("'broken'" in w and "tinypkg.missing" in w for w in warned)
+    assert len(warned) == 3 and any("'broken'" in w and "tinypkg.missing" in w for w in warned)
+    assert any("'exits'" in w and "SystemExit" in w for w in warned)
 
 
 def test_a_broken_plugin_named_explicitly_is_a_one_line_usage_error(plugin_path):
@@ -198,15 +203,25 @@ def test_bad_specs_are_one_line_usage_errors(package_path, spec, needle):
     assert not any(cls.__module__.startswith("tinypkg") for cls in MODELS.values())
 
 
-def test_a_spec_family_is_imported_again_from_its_recorded_origin(package_path):
+def test_a_spec_family_is_imported_again_only_where_the_user_names_it(package_path, monkeypatch):
     """config.json records "model_origin"; a new process (here: the registry and the module
-    forgotten) finds a module:Class family through it."""
+    forgotten) never imports a module a file names, but says how to load it: GENBENCH_PLUGINS."""
     plan = plans.plan("tinypkg.model:TinyModel", "smoke", 0)
     config = plans.describe(plan, RunOptions(device=__import__("torch").device("cpu")))
     for registry in (MODELS, ORIGINS):
         del registry["tinymodel"]
     for name in [m for m in sys.modules if m.startswith("tinypkg")]:
         del sys.modules[name]
+    monkeypatch.setattr(plugins, "_loaded", False)
+    with pytest.raises(KeyError, match="set GENBENCH_PLUGINS=tinypkg.model:TinyModel"):
+        plans.plan_from_config(config)
+    assert "tinypkg.model" not in sys.modules
+    for hostile in ({**config, "model": "tinypkg.model:TinyModel"}, {**config, "model": 7}):
+        with pytest.raises(KeyError, match="is not the name of a model family"):
+            plans.plan_from_config(hostile)
+    assert "tinypkg.model" not in sys.modules
+    monkeypatch.setenv(plugins.ENV_VAR, "tinypkg.model:TinyModel")
+    monkeypatch.setattr(plugins, "_loaded", False)
     again = plans.plan_from_config(config)
     assert again.model == "tinymodel" and again.identity() == plan.identity()
     assert MODELS["tinymodel"].__module__ == "tinypkg.model"

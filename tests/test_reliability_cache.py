@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
+import stat
 import zipfile
 from pathlib import Path
 
@@ -160,3 +162,26 @@ def test_a_bad_cache_file_is_recomputed_with_a_notice(spoil, why, net, tmp_path,
     notes = capsys.readouterr().err.strip().splitlines()
     assert len(notes) == 1 and str(path) in notes[0] and why in notes[0], notes
     assert scores() == clean and not capsys.readouterr().err  # the file was replaced by a good one
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_cache_entry_that_is_not_a_file_costs_only_time(kind, net, tmp_path, capsys):
+    """A folder or FIFO in a cache file's place: the scores of a clean cache, two notes (ignored,
+    not written), no hang, and the entry left as it was."""
+    generated, real = blobs(N, 2), blobs(N, 3)
+
+    def scores(folder: Path):
+        cache = FeatureCache(folder, "blobs", "test", 0)
+        values = fidelity.fidelity_scores(generated, real, net, reference_cache=cache, seed=1)
+        return {key: v.value for key, v in values.items()}
+
+    clean = scores(tmp_path / "clean")
+    path = tmp_path / "odd" / cache_name("blobs", "test", N, 0, net)
+    path.parent.mkdir()
+    path.mkdir() if kind == "folder" else os.mkfifo(path)
+    capsys.readouterr()
+    assert scores(tmp_path / "odd") == clean
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 2 and "ignoring the feature cache file" in notes[0], notes
+    assert "not a regular file" in notes[1], notes
+    assert path.is_dir() if kind == "folder" else stat.S_ISFIFO(os.stat(path).st_mode)

@@ -48,7 +48,8 @@ def load_samples(run: Run):
     except Exception:  # noqa: BLE001 - an unreadable tensor file costs the report a panel, not the report
         return None
     ok = isinstance(samples, torch.Tensor) and samples.dim() == 4 and samples.dtype == torch.uint8
-    return samples if ok else None
+    ok = ok and samples.layout == torch.strided and samples.device.type == "cpu" and len(samples) > 0
+    return samples if ok else None  # no images: no panel (and nothing to divide by)
 
 
 def _read_png(path: Path) -> np.ndarray | None:
