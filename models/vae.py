@@ -93,7 +93,7 @@ def discretized_logistic_mean(mean: Tensor, log_scale: Tensor, levels: int) -> T
 
 @register_model("vae")
 class VAE(GenerativeModel):
-    likelihood = "bound"
+    likelihood = "estimate"  # the ELBO with one posterior draw: a Monte-Carlo estimate of a bound
     importance_weighted = True
     can_reconstruct = True
     can_interpolate = True
