@@ -222,9 +222,19 @@ def test_every_number_is_its_metrics_json_value_under_its_own_header(results, bu
         assert row(csv, MAIN, entry["section"], "flow")[f"{entry['column']}_mean"] == entry["value"]
         text = md_table(markdown, MAIN, table.title).loc["flow", column.header()].strip("*")
         mark = {"exact": ""}.get(entry["kind"], "≤ " if entry["kind"] else "")
-        assert text == mark + tables.format_number(entry["value"]), entry["column"]
+        # one run: the value ± its standard error, where it states one
+        se = (
+            f" ± {tables.spread_text(entry['value'], entry['stderr'])}" if entry["stderr"] is not None else ""
+        )
+        assert text == mark + tables.format_number(entry["value"]) + se, entry["column"]
+        csv_se = row(csv, MAIN, entry["section"], "flow")[f"{entry['column']}_stderr"]
+        assert pd.isna(csv_se) if entry["stderr"] is None else csv_se == pytest.approx(entry["stderr"])
         checked += 1
     assert checked >= 10
+    # the flow's likelihood is a one-draw dequantization estimate: "≤ value ± stderr", never exact
+    bpd = doc["metrics"][BPD.key]
+    assert bpd["kind"] == "estimate" and bpd["stderr"] > 0
+    assert doc["metrics"][IWAE_BPD.key]["estimator"].startswith("importance-weighted dequantization")
 
 
 def test_bits_per_dim_is_nats_over_d_ln2(results, built):
