@@ -29,8 +29,9 @@ The variational bound on log P(x) of the discrete image, in nats (Ho et al. eq. 
 
 ``log_prob`` estimates it without bias (kind "estimate", since every term but L_T is an
 expectation over x_t, drawn once): all T terms per image (bound_t_samples = 0), or L_T, L_0 and the
-sum of the T-1 KL terms from k stratified importance draws of t per image. Training minimizes the simple (reweighted) objective with t uniform (``training_loss``);
-validation reports the bound (``loss``).
+sum of the T-1 KL terms from k stratified importance draws of t per image. Training minimizes the
+simple (reweighted) objective with t uniform (``training_loss``); validation reports the bound
+(``loss``).
 
 Network: Ho et al.'s U-Net (models/unet.py); every size comes from the config.
 """
