@@ -213,8 +213,9 @@ def summary_line(report: dict[str, Any]) -> str:
             context.insert(0, entry["estimator"])
         mark = "<= " if entry.get("kind") in ("bound", "estimate") else ""
         unit = entry["unit"] if entry["unit"] != "-" else ""
+        stderr = f" ± {entry['stderr']:.2g}" if entry.get("stderr") else ""
         parts.append(
-            f"{entry['label']} {mark}{entry['value']:.4g} {unit}".rstrip()
+            f"{entry['label']} {mark}{entry['value']:.4g}{stderr} {unit}".rstrip()
             + (f" ({', '.join(context)})" if context else "")
         )
     return (

@@ -26,6 +26,7 @@ An ENTRY (``entry(output, value)``)::
       "section": "likelihood" | "quality" | "cost",
       "order": 20,               # display order within the section
       "kind": "exact" | "bound" | "estimate" | null,   # see KINDS; null for non-likelihood numbers
+      "stderr": 0.004 | null,    # standard error of "value" in its unit (see Value.stderr)
       "estimator": "ELBO, one posterior sample per image" | null,
       "k": 100 | null,           # samples of an importance-weighted estimate
       "variant": "decoder mean" | null,  # which sample mode of the model produced it (a table row)
@@ -55,11 +56,14 @@ SECTIONS: dict[str, str] = {
 }
 
 # What a likelihood number is, relative to the model's true NLL on the stated discrete protocol.
+# The one vocabulary: models declare it (GenerativeModel.likelihood), metrics.json carries it, the
+# report marks and explains it.
 KINDS: dict[str, str] = {
-    "exact": "the NLL itself (exact on the stated dequantization)",
-    "bound": "an upper bound on the NLL (a negative variational bound)",
-    "estimate": "a Monte-Carlo estimate of an upper bound on the NLL (importance-weighted with k "
-    "samples, or a bound summed over sampled terms): an upper bound in expectation, stderr stated",
+    "exact": "the NLL of the discrete image itself (a normalized distribution over the levels)",
+    "bound": "an upper bound on the NLL, computed deterministically",
+    "estimate": "a Monte-Carlo estimate of an upper bound on the NLL (random posterior, "
+    "dequantization or timestep draws; importance-weighted with k samples where stated): an upper "
+    "bound in expectation, ± its standard error over images",
 }
 KIND_MARKS: dict[str, str] = {"exact": "", "bound": "≤ ", "estimate": "≤ "}
 
@@ -113,10 +117,16 @@ class Value:
     estimator: str | None = None
     k: int | None = None
     floor: str | None = None  # key of the real-data floor entry to show beside this value
+    # The standard error of ``value``, in its unit: over images for a mean over test images (the
+    # noise of the Monte-Carlo draws and of the image sample together), over resampled sample sets
+    # for FID/KID, over draws for an AIS estimate. None: not stated (a deterministic number).
+    stderr: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind is not None and self.kind not in KINDS:
             raise ValueError(f"kind must be one of {sorted(KINDS)}, got {self.kind!r}")
+        if self.stderr is not None and not self.stderr >= 0:
+            raise ValueError(f"stderr must be a non-negative number or None, got {self.stderr!r}")
 
 
 def variant_key(key: str, mode: str | None) -> str:
@@ -134,6 +144,7 @@ def entry(output: Output, value: Value, variant: str | None = None) -> dict[str,
         "section": output.section,
         "order": output.order,
         "kind": value.kind,
+        "stderr": value.stderr,
         "estimator": value.estimator,
         "k": value.k,
         "variant": variant,

@@ -35,7 +35,7 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 from genbench.core import files
 from genbench.core.errors import UserError
 from genbench.core.schema import SCHEMA_VERSION, Output, Value, entry
-from genbench.metrics import features, inception
+from genbench.metrics import features, inception, noise
 from genbench.metrics.base import EvalContext, describe_subset, register_metric, subset_indices
 from genbench.metrics.feature_cache import FeatureCache, cached_features
 
@@ -165,11 +165,13 @@ def run_torch_fidelity(
     device: str | torch.device = "cpu",
     seed: int = 0,
     batch_size: int = 256,
+    stderr: bool = False,
 ) -> dict[str, float]:
     """The numbers torch_fidelity.calculate_metrics gives for uint8 (N, C, H, W) images (input1 plays
     "generated", input2 "real"), computed by its own functions: its feature extraction, then its
     metric steps on the features. An input with a FeatureCache has its features read from, or
-    written to, that cache as plain arrays; torch-fidelity itself is never handed a file."""
+    written to, that cache as plain arrays; torch-fidelity itself is never handed a file.
+    ``stderr`` adds "fid_stderr" and "kid_stderr" (metrics.noise.bootstrap_stderr)."""
     cuda, device_scope = device_kwargs(device)
     layers = feature_layers(network)
     extractor = None
@@ -207,6 +209,9 @@ def run_torch_fidelity(
             f1, f2, kid_subsets=KID_SUBSETS, kid_subset_size=kid_subset_size(min(len(f1), len(f2))),
             rng_seed=seed, verbose=False,
         )  # fmt: skip
+    if stderr:
+        errors = noise.bootstrap_stderr(f1, f2, kid_subset_size(min(len(f1), len(f2))), seed)
+        scores |= {"fid_stderr": errors["fid"], "kid_stderr": errors["kid"]}
     if prc:  # save_cpu_ram: PR distances in blocks
         scores |= prc_features_to_metric(
             f1, f2, prc_neighborhood=PRC_NEIGHBORHOOD, save_cpu_ram=True, verbose=False
@@ -242,19 +247,23 @@ def fidelity_scores(
     allow_few_samples: bool = False,
     protocol_extra: dict[str, Any] | None = None,
     floor: bool = True,
+    stderr: bool = True,
 ) -> dict[str, Value]:
     """FID, KID, precision, recall and IS of `generated` against `reference` (uint8 (N, 1, H, W)
     each), keyed fid_<net>, kid_<net>, precision_<net>, recall_<net>, is_<net>. ``floor``: each value
     names the real-data floor entry of the same key to be shown beside it. ``reference_cache``: where
-    the reference's features are cached."""
+    the reference's features are cached. ``stderr``: FID and KID carry their bootstrap standard
+    error over the generated samples (metrics.noise)."""
     n, n_ref = len(generated), len(reference)
     check_sample_count(min(n, n_ref), network, allow_few_samples)
     has_is = network.is_layer is not None
     scores = run_torch_fidelity(
         generated, reference, network, fid=True, kid=True, prc=True, isc=has_is,
-        input2_cache=reference_cache, device=device, seed=seed, batch_size=batch_size,
+        input2_cache=reference_cache, device=device, seed=seed, batch_size=batch_size, stderr=stderr,
     )  # fmt: skip
     protocol = base_protocol(network, n, n_ref, seed, device) | (protocol_extra or {})
+    if stderr:
+        protocol = protocol | noise.bootstrap_protocol(kid_subset_size(min(n, n_ref)))
     fid_protocol = dict(protocol, rank_deficient=True) if min(n, n_ref) < network.feature_dim else protocol
     kid_protocol = dict(
         protocol,
@@ -265,12 +274,22 @@ def fidelity_scores(
     prc_protocol = dict(protocol, prc_neighborhood=PRC_NEIGHBORHOOD)
     net = network.name
 
-    def value(key: str, number: float | None, protocol: dict[str, Any], na: str | None = None) -> Value:
-        return Value(number, protocol, na=na, floor=key if floor else None)
+    def value(
+        key: str,
+        number: float | None,
+        protocol: dict[str, Any],
+        na: str | None = None,
+        se: float | None = None,
+    ) -> Value:
+        return Value(number, protocol, na=na, floor=key if floor else None, stderr=se)
 
     values = {
-        f"fid_{net}": value(f"fid_{net}", scores["frechet_inception_distance"], fid_protocol),
-        f"kid_{net}": value(f"kid_{net}", scores["kernel_inception_distance_mean"], kid_protocol),
+        f"fid_{net}": value(
+            f"fid_{net}", scores["frechet_inception_distance"], fid_protocol, se=scores.get("fid_stderr")
+        ),
+        f"kid_{net}": value(
+            f"kid_{net}", scores["kernel_inception_distance_mean"], kid_protocol, se=scores.get("kid_stderr")
+        ),
         f"precision_{net}": value(f"precision_{net}", scores["precision"], prc_protocol),
         f"recall_{net}": value(f"recall_{net}", scores["recall"], prc_protocol),
     }
@@ -352,22 +371,34 @@ def compute_floors(
     allow_few_samples: bool = False,
 ) -> dict[str, Any]:
     """What a perfect model would score at this sample count: FID, KID, precision and recall of
-    n_samples random training images (as if generated, drawn with ``seed``) against the same test
-    subset a run's samples meet (``subset_seed``), and IS of those test images."""
+    n_samples random training images (as if generated) against the same test subset a run's samples
+    meet (``subset_seed``), as the mean and sd over up to FLOOR_DRAWS disjoint draws of training
+    images (a seeded permutation cut into consecutive blocks), and IS of those test images."""
     feature_network = resolve_network(network, inception_weights)
     n = min(n_samples, len(data.train), len(data.test))
     test = reference_images(data.test, n, subset_seed)  # (N, C, H, W) uint8
-    train_index = subset_indices(len(data.train), n, seed)
-    train = (data.train if train_index is None else data.train[train_index.to(data.train.device)]).cpu()
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))
+    n_draws = max(1, min(noise.FLOOR_DRAWS, len(data.train) // n))
     test_cache = (
         None if cache_dir is None else FeatureCache(Path(cache_dir), data.name, REFERENCE_SPLIT, subset_seed)
     )
     common = dict(device=device, seed=seed, batch_size=batch_size)
     subset = describe_subset(len(data.test), n, subset_seed)
-    values = fidelity_scores(
-        train, test, feature_network, reference_cache=test_cache, allow_few_samples=allow_few_samples,
-        protocol_extra={"compared": "train", "subset": subset}, floor=False, **common,
-    )  # fmt: skip
+    draws = [
+        fidelity_scores(
+            data.train[order[j * n : (j + 1) * n].to(data.train.device)].cpu(),
+            test,
+            feature_network,
+            reference_cache=test_cache,
+            allow_few_samples=allow_few_samples,
+            floor=False,
+            stderr=False,
+            protocol_extra={"compared": "train", "subset": subset, "train_draw": f"block {j}"},
+            **common,
+        )  # fmt: skip
+        for j in range(n_draws)
+    ]
+    values = noise.pool_draws(draws)
     is_key = f"is_{network}"
     is_protocol = {k: v for k, v in values[is_key].protocol.items() if k != "compared"}
     is_protocol["images"] = REFERENCE_SPLIT  # IS of the test images themselves

@@ -53,28 +53,36 @@ def _nll_values(
         "levels": ctx.model.levels,
         "seed": ctx.seed,
         "device": str(ctx.device),
-        "stderr_nats": float(nll.std() / len(nll) ** 0.5) if len(nll) > 1 else None,
     }
+    # The standard error of the mean over images: for an estimate it holds the Monte-Carlo noise of
+    # the draws (and that of the image sample, which every family of the protocol shares).
+    stderr = float(nll.std() / len(nll) ** 0.5) if len(nll) > 1 else None
     common = {"kind": kind, "estimator": estimator, "k": k}
     return {
-        nats.key: Value(mean, protocol, **common),
-        bpd.key: Value(float(bits_per_dim(mean, dims)), protocol, **common),
+        nats.key: Value(mean, protocol, stderr=stderr, **common),
+        bpd.key: Value(
+            float(bits_per_dim(mean, dims)),
+            protocol,
+            stderr=None if stderr is None else float(bits_per_dim(stderr, dims)),
+            **common,
+        ),
     }
 
 
 @register_metric("likelihood", needs=("likelihood",), outputs=(NLL, BPD))
 def likelihood(ctx: EvalContext) -> dict[str, Value]:
-    """Exact NLL (PixelCNN, RealNVP) or a negative variational bound (VAE, diffusion)."""
+    """The NLL (PixelCNN), or a Monte-Carlo estimate of a bound on it (VAE, flow, diffusion), with the
+    kind and estimator the model states."""
     nll = -ctx.per_image(ctx.model.log_prob, ctx.test_images(), what="likelihood")
     return _nll_values(nll, ctx, NLL, BPD, ctx.model.likelihood_kind(), ctx.model.likelihood_estimator())
 
 
 @register_metric("iwae", needs=("importance_weighted",), outputs=(IWAE_NLL, IWAE_BPD))
 def iwae(ctx: EvalContext) -> dict[str, Value]:
-    """Importance-weighted estimate (Burda et al. 2016) with k samples, on the first iwae_images of
-    the same test subset as the likelihood: tighter than the ELBO, an upper bound on the NLL in
-    expectation."""
+    """Importance-weighted estimate with k samples (Burda et al. 2016; for a flow, over k
+    dequantization draws), on the first iwae_images of the same test subset as the likelihood:
+    tighter than the one-draw bound, an upper bound on the NLL in expectation."""
     k = ctx.config.iwae_k
     images = ctx.test_images(ctx.config.iwae_images or ctx.config.n_test)
     nll = -ctx.per_image(lambda x: ctx.model.iwae_log_prob(x, k), images, batch_size=32, what=f"IWAE k={k}")
-    return _nll_values(nll, ctx, IWAE_NLL, IWAE_BPD, "estimate", f"IWAE, k={k}", k)
+    return _nll_values(nll, ctx, IWAE_NLL, IWAE_BPD, "estimate", ctx.model.iwae_estimator(k), k)

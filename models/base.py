@@ -25,7 +25,9 @@ from typing import ClassVar, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-Likelihood = Literal["exact", "bound"] | None
+from genbench.core.schema import KINDS
+
+Likelihood = Literal["exact", "bound", "estimate"] | None  # core.schema.KINDS, or None
 PROFILE_NAMES = ("smoke", "quick", "full")
 
 
@@ -97,6 +99,29 @@ def dequantize(x: Tensor, levels: int = 256) -> Tensor:
     return (x.float() + torch.rand_like(x, dtype=torch.float32)) / levels
 
 
+def iw_dequantized_log_prob(
+    log_density: Callable[[Tensor], Tensor], x: Tensor, levels: int, k: int, chunk: int = 256
+) -> Tensor:
+    """The importance-weighted dequantization estimate of log P(x) per image (B,), nats, for a
+    density ``log_density`` (nats per image) of dequantized images y in [0, 1)^D:
+
+        log P(x) = log E_u[p_Y((x + u) / L) / L^D] >= E_u[log (1/k) sum_j p_Y((x + u_j) / L)] - D log L
+
+    with u_j ~ U[0, 1)^D independent: P(x) is the mass p_Y puts on the pixel cell of x (volume
+    L^-D), u is the proposal (uniform over the cell), so this is IWAE with the dequantization as
+    its posterior (Ho et al. 2019, Flow++, sec. 3.1). k = 1 is the usual one-draw estimate; the
+    bound tightens as k grows and reaches log P(x) as k -> infinity. Draws are evaluated at most
+    ``chunk`` images at a time."""
+    per_call = max(1, chunk // len(x))
+    log_p = []
+    for start in range(0, k, per_call):
+        m = min(per_call, k - start)
+        y = dequantize(x.repeat(m, *([1] * (x.dim() - 1))), levels)  # (m*B, C, H, W), draw j at j*B + i
+        log_p.append(log_density(y).view(m, len(x)))  # (m, B)
+    dims = math.prod(x.shape[1:])
+    return torch.logsumexp(torch.cat(log_p), 0) - math.log(k) - dims * math.log(levels)  # (B,)
+
+
 def to_unit(x: Tensor, levels: int = 256) -> Tensor:
     """Integer pixels 0..levels-1 -> float [0, 1]."""
     return x.float() / (levels - 1)
@@ -142,8 +167,11 @@ class GenerativeModel(nn.Module, abc.ABC):
 
     Capabilities (validated at registration; metrics and the report read them, never the class):
 
-    * ``likelihood``: "exact" (PixelCNN, RealNVP), "bound" (VAE, diffusion: a variational bound)
-      or None (GAN); ``log_prob`` is required unless None.
+    * ``likelihood``: what ``log_prob``'s numbers are, one of ``core.schema.KINDS``: "exact"
+      (PixelCNN: a normalized distribution over the levels), "bound" (a bound computed
+      deterministically), "estimate" (a Monte-Carlo estimate of a bound: the VAE's one-draw ELBO,
+      the flow's dequantization draw, diffusion's sampled terms) or None (GAN); ``log_prob`` is
+      required unless None.
     * ``importance_weighted``: ``iwae_log_prob(x, k)`` exists (the VAE).
     * ``can_reconstruct``: ``reconstruct(x)`` exists.
     * ``can_interpolate``: ``prior_latents`` and ``decode_latents`` exist, so ``interpolate``
@@ -228,16 +256,20 @@ class GenerativeModel(nn.Module, abc.ABC):
 
     def likelihood_estimator(self) -> str:
         """How ``log_prob`` is computed, for the protocol (e.g. "ELBO, one posterior sample")."""
-        return "exact" if self.likelihood == "exact" else "variational bound"
+        return {"exact": "exact", "bound": "variational bound"}.get(self.likelihood, "Monte-Carlo estimate")
 
     def likelihood_kind(self) -> str | None:
-        """What ``log_prob``'s numbers are (``core.schema.KINDS``): the declared likelihood, or
-        "estimate" for a Monte-Carlo estimate of a bound (sampled terms of a sum)."""
+        """What this instance's ``log_prob`` numbers are (``core.schema.KINDS``): the declared
+        likelihood unless the config changes it."""
         return self.likelihood
 
     def iwae_log_prob(self, x: Tensor, k: int) -> Tensor:
         """Importance-weighted estimate with k samples; required when importance_weighted."""
         raise NotImplementedError(f"{self.name} has no importance-weighted estimate")
+
+    def iwae_estimator(self, k: int) -> str:
+        """How ``iwae_log_prob`` is computed, for the protocol."""
+        return f"IWAE, k={k}"
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """Reconstruction of a batch as floats in [0, 1] (pixel / (levels - 1))."""
@@ -307,8 +339,8 @@ def register_model(name: str, aliases: tuple[str, ...] = (), origin: str | None 
         missing = set(PROFILE_NAMES) - set(getattr(cls, "profiles", {}))
         if missing:
             raise TypeError(f"{cls.__name__}.profiles lacks {sorted(missing)}")
-        if cls.likelihood not in ("exact", "bound", None):
-            raise TypeError(f"{cls.__name__}.likelihood must be 'exact', 'bound' or None")
+        if cls.likelihood is not None and cls.likelihood not in KINDS:
+            raise TypeError(f"{cls.__name__}.likelihood must be one of {sorted(KINDS)} or None")
         fields = {f.name for f in dataclasses.fields(cls.Config)}
         if not {"image_shape", "levels"} <= fields:
             raise TypeError(f"{cls.__name__}.Config must have image_shape and levels fields")

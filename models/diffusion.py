@@ -27,10 +27,11 @@ The variational bound on log P(x) of the discrete image, in nats (Ho et al. eq. 
     L_0     = -log p(x | x_1): N(mu_theta(x_1), beta_1) integrated over the pixel's bin
               [x0 - 1/(L-1), x0 + 1/(L-1)], the end bins taking the tails (the L masses sum to one)
 
-``log_prob`` computes it exactly (all T terms per image; bound_t_samples = 0) or as an unbiased
-estimate: L_T and L_0 exactly, the sum of the T-1 KL terms from k stratified importance draws of t
-per image. Training minimizes the simple (reweighted) objective with t uniform (``training_loss``);
-validation reports the bound (``loss``).
+``log_prob`` estimates it without bias (kind "estimate", since every term but L_T is an
+expectation over x_t, drawn once): all T terms per image (bound_t_samples = 0), or L_T, L_0 and the
+sum of the T-1 KL terms from k stratified importance draws of t per image. Training minimizes the
+simple (reweighted) objective with t uniform (``training_loss``); validation reports the bound
+(``loss``).
 
 Network: Ho et al.'s U-Net (models/unet.py); every size comes from the config.
 """
@@ -223,7 +224,7 @@ def _full() -> tuple[DiffusionConfig, TrainConfig]:
 class Diffusion(GenerativeModel):
     """DDPM with a U-Net denoiser, a variational bound as its likelihood, DDIM and ancestral sampling."""
 
-    likelihood = "bound"
+    likelihood = "estimate"  # every term of the bound is an expectation over x_t, drawn once
     can_interpolate = True
     Config = DiffusionConfig
     profiles = {"smoke": _smoke, "quick": _quick, "full": _full}
@@ -372,10 +373,11 @@ class Diffusion(GenerativeModel):
         """L_T = KL(q(x_T | x0) || N(0, I)) per image (B,), closed form in float64."""
         abar_T = self.abar[-1]
         x0 = x0.to(abar_T.dtype)
-        kl = 0.5 * (abar_T * x0**2 - abar_T - torch.log1p(-abar_T))  # (B, C, H, W)
+        zero = torch.zeros((), dtype=abar_T.dtype, device=abar_T.device)
+        kl = normal_kl(abar_T.sqrt() * x0, torch.log1p(-abar_T), zero, zero)  # (B, C, H, W)
         return kl.flatten(1).sum(1)
 
-    def bound_terms(self, x0: Tensor, t: Tensor, out_of: Tensor | None = None) -> Tensor:
+    def bound_terms(self, x0: Tensor, t: Tensor) -> Tensor:
         """Per image (B,): L_{t} of the bound at 0-based timesteps t (B,), nats: the decoder NLL
         -log p(x | x_1) where t = 0, else KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)), x_t ~ q."""
         a, s = self._signal_noise(t)
@@ -469,20 +471,20 @@ class Diffusion(GenerativeModel):
         """The variational lower bound on log P(x) per image (B,), nats; see likelihood_estimator."""
         return -self.negative_bound(x, self.config.bound_t_samples)["nelbo"]
 
-    def likelihood_kind(self) -> str:
-        """ "estimate" when log_prob samples the KL terms (an unbiased estimate of the bound)."""
-        return "estimate" if self.config.bound_t_samples else "bound"
-
     def likelihood_estimator(self) -> str:
         T, k = self.config.timesteps, self.config.bound_t_samples
         variance = {"posterior": "fixed beta-tilde", "beta": "fixed beta", "learned": "learned"}[
             self.config.variance
         ]
         if k == 0:
-            return f"variational bound, all {T} terms per image ({variance} reverse variance)"
+            return (
+                f"variational bound, all {T} terms per image, one draw of x_t each (unbiased "
+                f"estimate; {variance} reverse variance)"
+            )
         proposal = {"uniform": "uniform", "snr": "SNR-weighted"}[self.config.proposal]
         return (
-            f"variational bound, prior and decoder terms exact + {k} random t per image of the other "
+            f"variational bound, prior term exact, decoder term at one draw of x_1 + {k} random t per "
+            f"image of the other "
             f"{T - 1} terms ({proposal} stratified importance sampling, unbiased estimate; {variance} "
             "reverse variance)"
         )

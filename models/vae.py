@@ -122,7 +122,7 @@ def _full() -> tuple[VAEConfig, TrainConfig]:
 
 @register_model("vae")
 class VAE(GenerativeModel):
-    likelihood = "bound"
+    likelihood = "estimate"  # the ELBO with one posterior draw: a Monte-Carlo estimate of a bound
     importance_weighted = True
     can_reconstruct = True
     can_interpolate = True

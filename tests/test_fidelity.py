@@ -91,6 +91,10 @@ def test_protocol_is_stated_beside_every_value(mnist_net):
     # Subsets of half the set: subsets as large as the set are all the same set, and KID's std is 0.
     assert values["kid_mnist"].protocol["kid_subset_size"] == SMALL // 2
     assert values["kid_mnist"].protocol["std"] > 1e-5
+    # FID and KID carry a bootstrap standard error over the generated samples; the others do not
+    assert values["fid_mnist"].stderr > 0 and values["kid_mnist"].stderr > 0
+    assert values["fid_mnist"].protocol["stderr"].startswith("bootstrap over generated samples")
+    assert values["precision_mnist"].stderr is None and values["is_mnist"].stderr is None
     assert 1.0 <= values["is_mnist"].value <= 10.0  # IS is bounded by the number of classes
 
 
@@ -175,7 +179,7 @@ def test_registered_metric_compares_samples_with_cached_test_statistics(tmp_path
 
 
 def test_floors_compare_train_with_test_and_score_test(tmp_path):
-    data = SimpleNamespace(train=blobs(SMALL, 11), test=blobs(SMALL + 20, 12), name="blobs")
+    data = SimpleNamespace(train=blobs(5 * SMALL + 7, 11), test=blobs(SMALL + 20, 12), name="blobs")
     floors = fidelity.compute_floors(data, "mnist", SMALL, tmp_path / "cache", "cpu", seed=0)
     path = fidelity.write_floors(tmp_path / "results", floors)
     assert path == tmp_path / "results" / "floors" / f"blobs_mnist_n{SMALL}.json"
@@ -187,10 +191,20 @@ def test_floors_compare_train_with_test_and_score_test(tmp_path):
     fid = doc["metrics"]["fid_mnist"]
     assert fid["label"] == "FID (mnist)" and fid["higher_is_better"] is False and fid["value"] > 0
     assert fid["protocol"]["compared"] == "train" and fid["protocol"]["n_samples"] == SMALL
+    # mean and sd over 5 disjoint blocks of a seeded permutation of the training images
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
+    block = data.train[order[2 * SMALL : 3 * SMALL]]
+    test_subset = fidelity.reference_images(data.test, SMALL, subset_seed=0)
+    draws = fid["protocol"]["values"]
+    assert fid["protocol"]["draws"] == 5 and len(draws) == 5 and len(set(draws)) == 5
+    third = scores(block, test_subset, fidelity.resolve_network("mnist"), stderr=False)
+    assert draws[2] == pytest.approx(third["fid_mnist"])
+    assert fid["value"] == pytest.approx(sum(draws) / 5)
+    sd = torch.tensor(draws).std().item()
+    assert fid["protocol"]["sd"] == pytest.approx(sd) and fid["stderr"] == pytest.approx(sd / 5**0.5)
     # IS of the test images: the same as scoring them as if they were samples.
     is_entry = doc["metrics"]["is_mnist"]
     assert is_entry["protocol"]["images"] == "test"
-    test_subset = fidelity.reference_images(data.test, SMALL, subset_seed=0)
     own = fidelity.fidelity_scores(test_subset, data.train, fidelity.resolve_network("mnist"))
     assert is_entry["value"] == pytest.approx(own["is_mnist"].value, rel=1e-6)
 

@@ -223,9 +223,19 @@ def test_every_number_is_its_metrics_json_value_under_its_own_header(results, bu
         assert row(csv, MAIN, entry["section"], "flow")[f"{entry['column']}_mean"] == entry["value"]
         text = md_table(markdown, MAIN, table.title).loc["flow", column.header()].strip("*")
         mark = {"exact": ""}.get(entry["kind"], "≤ " if entry["kind"] else "")
-        assert text == mark + tables.format_number(entry["value"]), entry["column"]
+        # one run: the value ± its standard error, where it states one
+        se = (
+            f" ± {tables.spread_text(entry['value'], entry['stderr'])}" if entry["stderr"] is not None else ""
+        )
+        assert text == mark + tables.format_number(entry["value"]) + se, entry["column"]
+        csv_se = row(csv, MAIN, entry["section"], "flow")[f"{entry['column']}_stderr"]
+        assert pd.isna(csv_se) if entry["stderr"] is None else csv_se == pytest.approx(entry["stderr"])
         checked += 1
     assert checked >= 10
+    # the flow's likelihood is a one-draw dequantization estimate: "≤ value ± stderr", never exact
+    bpd = doc["metrics"][BPD.key]
+    assert bpd["kind"] == "estimate" and bpd["stderr"] > 0
+    assert doc["metrics"][IWAE_BPD.key]["estimator"].startswith("importance-weighted dequantization")
 
 
 def test_bits_per_dim_is_nats_over_d_ln2(results, built):
@@ -263,6 +273,15 @@ def test_best_value_follows_each_columns_direction(built):
     assert not cost[PARAMETERS.label].str.contains(r"\*\*").any()
 
 
+def test_floor_rows_show_their_spread_over_draws(results, built):
+    _, _, markdown, csv = built
+    floor = read_json(next((results / "floors").glob("*_mnist_n32.json")))["metrics"][FID.key]
+    assert floor["protocol"]["draws"] == 5 and floor["protocol"]["sd"] > 0
+    assert row(csv, MAIN, "quality", tables.FLOOR_LABEL)[f"{FID.key}_std"] == floor["protocol"]["sd"]
+    text = md_table(markdown, MAIN, "Sample quality").loc[f"*{tables.FLOOR_LABEL}*", "FID (mnist) ↓"]
+    assert text == f"1.500 ± {tables.spread_text(1.5, floor['protocol']['sd'])}"
+
+
 def test_na_footnotes_kind_marks_and_estimator_notes(built):
     _, _, markdown, _ = built
     likelihood = md_table(markdown, MAIN, "Likelihood and reconstruction")
@@ -270,13 +289,16 @@ def test_na_footnotes_kind_marks_and_estimator_notes(built):
     assert gan.startswith("n/a [")
     assert f"- [{gan.split('[')[1].rstrip(']')}] gan has no likelihood" in markdown
     assert likelihood.loc["vae", "NLL (nats/image) ↓"].strip("*") == "≤ 91.00 ± 1.00"
-    assert likelihood.loc["vae", "IWAE bits/dim ↓"].startswith("≤ ")
-    assert not likelihood.loc["flow", "Bits/dim ↓"].startswith(("≤", "**≤"))
-    assert f"- ≤ bound: {KINDS['bound']}" in markdown and f"- exact: {KINDS['exact']}" in markdown
+    assert likelihood.loc["vae", "IWAE bits/dim ↓"].strip("*").startswith("≤ ")
+    # the flow's one dequantization draw: an estimate of a bound with its standard error, not exact
+    assert likelihood.loc["flow", "Bits/dim ↓"].strip("*").startswith("≤ ")
+    assert " ± " in likelihood.loc["flow", "Bits/dim ↓"]
     assert f"- ≤ estimate: {KINDS['estimate']}" in markdown
-    assert "- IWAE NLL, IWAE bits/dim: IWAE, k=8" in markdown
+    assert f"- exact: {KINDS['exact']}" not in markdown  # no run here has an exact likelihood
+    assert "IWAE, k=8 (vae)" in markdown
+    assert "importance-weighted dequantization bound, k=8 uniform draws per image (flow)" in markdown
     assert "not measured in this protocol: FID (inception)" in markdown  # no model has it: not a column
-    assert "vae: likelihood bound (negative ELBO" in markdown  # from model_protocol
+    assert "vae: likelihood estimate (negative ELBO" in markdown  # from model_protocol
 
 
 def test_floor_needs_the_same_network_checksum_and_reference(results, tmp_path):

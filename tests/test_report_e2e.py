@@ -12,7 +12,7 @@ import torch
 from cli_utils import invoke
 from test_report import md_table, row
 
-from genbench.bench.report.tables import FLOOR_LABEL, format_number
+from genbench.bench.report.tables import FLOOR_LABEL, format_number, spread_text
 from genbench.core.files import read_json
 from genbench.core.schema import KIND_MARKS, SECTIONS
 from genbench.metrics.base import EVAL_PROFILES
@@ -83,7 +83,8 @@ def test_report_shows_every_number_the_run_wrote(reported):
             variant_rows = _rows(doc, entry["section"])
             for label in [f"{doc['model']} [{entry['variant']}]"] if entry["variant"] else variant_rows:
                 text = table.loc[label, header].strip("*")
-                assert text == KIND_MARKS.get(entry["kind"], "") + format_number(entry["value"]), (
+                se = "" if entry["stderr"] is None else f" ± {spread_text(entry['value'], entry['stderr'])}"
+                assert text == KIND_MARKS.get(entry["kind"], "") + format_number(entry["value"]) + se, (
                     label,
                     header,
                 )

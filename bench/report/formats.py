@@ -59,7 +59,8 @@ def render_markdown(groups: Sequence[GroupTables]) -> str:
 
 
 def numbers_frame(group: GroupTables, table: Table) -> pd.DataFrame:
-    """The raw numbers of one table: a row per table row, <column>_mean/_std/_n/_kind/_na columns."""
+    """The raw numbers of one table: a row per table row, <column>_mean/_std/_stderr/_n/_kind/_na
+    columns."""
     base = {label: format_value(value) for label, value in protocol_fields(group.group.protocol)}
     records = []
     for row in table.rows:
@@ -77,6 +78,7 @@ def numbers_frame(group: GroupTables, table: Table) -> pd.DataFrame:
         for cell, column in zip(row.cells, table.columns, strict=True):
             record[f"{column.key}_mean"] = cell.mean
             record[f"{column.key}_std"] = cell.std
+            record[f"{column.key}_stderr"] = cell.stderr
             record[f"{column.key}_n"] = cell.n
             record[f"{column.key}_kind"] = cell.kind
             record[f"{column.key}_na"] = cell.na if not row.floor else None

@@ -2,7 +2,8 @@
 
 Columns are the entries' "column" values in their "order"; rows are (model, variant): one per
 model, and one per sample mode where its entries name one ("vae [decoder mean]"). A cell is the
-mean ± sample std over the group's seeds, marked by the entries' "kind"; a null value is "n/a"
+mean ± sample std over the group's seeds (one run: its value ± its "stderr", where it states one),
+marked by the entries' "kind"; a null value is "n/a"
 with a numbered footnote from its "na". The real-data floor and the published results whose
 protocol lines up with the group's (``metrics.published``) are reference rows, never averaged.
 """
@@ -27,11 +28,13 @@ FLOOR_LABEL = "real-data floor"
 PUBLISHED_LABEL = "published"
 ARROWS = {True: "↑", False: "↓"}
 STATS_NOTE = (
-    "mean ± sample std (ddof=1) over seeds; n: runs; (n=k): a value some runs lack; "
+    "mean ± sample std (ddof=1) over seeds; a single run: value ± its standard error (over test "
+    "images for a likelihood, over resampled sample sets for FID/KID); real-data floor: mean ± sd "
+    "over disjoint draws; n: runs; (n=k): a value some runs lack; "
     "bold: best mean per column by its arrow (not a significance test)"
 )
-ENTRY_COLUMNS = ("value", "label", "unit", "higher_is_better", "section", "order", "kind", "estimator",
-                 "k", "variant", "column", "floor", "na")  # fmt: skip
+ENTRY_COLUMNS = ("value", "label", "unit", "higher_is_better", "section", "order", "kind", "stderr",
+                 "estimator", "k", "variant", "column", "floor", "na")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +70,9 @@ class Cell:
     kind: str | None = None  # the values' "kind" (KINDS), joined if they differ
     mark: str = ""  # its KIND_MARKS
     best: bool = False
+    # The standard error of the mean from the runs' own "stderr" (sqrt(sum se_i^2) / n); None where
+    # a run states none (older results folders, deterministic numbers).
+    stderr: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +215,10 @@ def _cell(entries: pd.DataFrame) -> Cell:
     kinds = _distinct(entries.kind[entries.value.notna()])
     mark = next((KIND_MARKS[k] for k in kinds if KIND_MARKS.get(k)), "")
     std = float(values.std(ddof=1)) if len(values) > 1 else None
-    return Cell(float(values.mean()), std, len(values), kind=", ".join(kinds) or None, mark=mark)
+    errors = pd.to_numeric(entries.stderr[entries.value.notna()], errors="coerce")
+    stderr = None if errors.isna().any() else float(math.sqrt((errors**2).sum()) / len(values))
+    kind = ", ".join(kinds) or None
+    return Cell(float(values.mean()), std, len(values), kind=kind, mark=mark, stderr=stderr)
 
 
 def mark_best(rows: Sequence[Row], columns: Sequence[Column]) -> list[Row]:
@@ -240,14 +249,16 @@ def _floor_row(group: Group, part: pd.DataFrame, columns: Sequence[Column]) -> t
         keys = _distinct(part.floor[part.column == column.key])
         found = next(
             (
-                (f, f.doc["metrics"][k]["value"])
+                (f, f.doc["metrics"][k])
                 for k in keys
                 for f in group.floors
                 if isinstance((f.doc["metrics"].get(k) or {}).get("value"), (int, float))
             ),
             None,
         )
-        cells.append(Cell(float(found[1]), n=1) if found else Cell(None))
+        # The spread of one draw over disjoint draws (metrics.noise.pool_draws); older floors: none.
+        sd = (found[1].get("protocol") or {}).get("sd") if found else None
+        cells.append(Cell(float(found[1]["value"]), sd, n=1) if found else Cell(None))
         if found and found[0] not in used:
             used.append(found[0])
     if not used:
@@ -443,12 +454,23 @@ def format_number(x: float) -> str:
     return f"{x:,.{_decimals(x)}f}"
 
 
+def spread_text(mean: float, spread: float) -> str:
+    """A spread at the mean's decimals ("1.366 ± 0.004"), or to two significant digits where those
+    would show it as zero ("1.366 ± 0.00042")."""
+    tiny = mean != 0 and abs(mean) < 1e-3
+    text = format_number(spread) if tiny else f"{spread:,.{_decimals(mean)}f}"
+    if spread > 0 and not any(c in "123456789" for c in text):
+        text = f"{spread:.{_decimals(spread, 2)}f}" if spread >= 1e-3 else f"{spread:.1e}"
+    return text
+
+
 def cell_text(cell: Cell, row: Row, footnotes: dict[str, int]) -> str:
-    """ "≤ 91.00 ± 1.00", "6.000 (n=2)", "n/a [1]"; "—" for a floor row's blank."""
+    """ "≤ 91.00 ± 1.00" (± std over seeds, or a single run's standard error), "6.000 (n=2)",
+    "n/a [1]"; "—" for a floor row's blank."""
     if cell.mean is None:
         return "—" if row.floor else f"{NA} [{footnotes[cell.na]}]" if cell.na in footnotes else NA
     text = cell.mark + format_number(cell.mean)
-    if cell.std is not None:
-        tiny = cell.mean != 0 and abs(cell.mean) < 1e-3
-        text += f" ± {format_number(cell.std) if tiny else f'{cell.std:,.{_decimals(cell.mean)}f}'}"
+    spread = cell.std if cell.std is not None or row.floor else cell.stderr
+    if spread is not None:
+        text += f" ± {spread_text(cell.mean, spread)}"
     return text + (f" (n={cell.n})" if not row.floor and 0 < cell.n < row.n else "")
