@@ -8,7 +8,9 @@ before each checkpoint, so a checkpoint never holds a state reached through a di
 Under torchrun the same loop runs on every rank (``genbench.bench.distributed``): each trains on its
 slice of the global batch, logs the mean over ranks, and rank 0 alone writes checkpoints and the
 history. A time budget (``TrainConfig.time_budget_s``) ends training like the last step of the
-schedule does, at the first step boundary past it, and the steps reached are recorded.
+schedule does, at the first step boundary past it, and the steps reached are recorded. A compute
+budget (``TrainConfig.compute_budget``, FLOPs) decides the steps before training starts
+(``genbench.bench.budget``). Either budget alone decides the steps: epochs and max_steps do not cap it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from genbench.bench.budget import count_step, measure_peak, planned_steps
 from genbench.bench.checkpoint import LoopState, restore, save_checkpoint
 from genbench.bench.data import Dataset, epoch_order
 from genbench.bench.device import autocast, exact_fp32
@@ -180,7 +183,7 @@ def _rng_devices(device: torch.device) -> list[int]:
 
 
 class Trainer:
-    """Trains one model to cfg.epochs (or cfg.max_steps), validating at each epoch end,
+    """Trains one model to cfg.epochs (or cfg.max_steps, or a budget), validating at each epoch end,
     checkpointing to ``checkpoint`` and rewriting ``history`` (CSV) with each checkpoint, so a
     running or killed run shows its curves.
 
@@ -207,8 +210,13 @@ class Trainer:
             raise UserError(
                 f"--batch-size {cfg.batch_size} exceeds the {len(data.train)} training images; lower it"
             )
-        total = cfg.epochs * self.steps_per_epoch
-        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps is not None else total
+        # Counted once, before the clock starts, on the real model at the run's batch size: the steps
+        # of a compute budget and the run's FLOP numbers (bench.budget; the model is left untouched).
+        self.compute = count_step(model, data.train[: cfg.batch_size])
+        self.compute["peak_flops_per_s"], self.compute["peak_protocol"] = measure_peak(
+            options.device, options.precision
+        )
+        self.total_steps = planned_steps(cfg, self.steps_per_epoch, self.compute["train_flops_per_step"])
         self.optimizers = Optimizers(model, cfg, self.total_steps, options.device)
         self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
         self.state = LoopState()
@@ -237,7 +245,7 @@ class Trainer:
         self.plain_progress = self.options.progress and not sys.stderr.isatty()
         self.last_line = -math.inf
         self.bar = tqdm(
-            total=self.total_steps,
+            total=self.total_steps if math.isfinite(self.total_steps) else None,  # a time budget's: open
             initial=self.state.step,
             disable=not self.options.progress or self.plain_progress or not self.rank0,
             unit="step",
@@ -373,7 +381,7 @@ class Trainer:
             self.last_line = time.monotonic()
             speed = f", {row['images_per_s']:.0f} images/s" if row["images_per_s"] else ""
             print(
-                f"{self.model.name} s{self.seed}: step {state.step}/{self.total_steps}, "
+                f"{self.model.name} s{self.seed}: step {state.step}{self._of_total()}, "
                 f"loss {row['loss']:.4g}{speed}, {row['wall_time_s']:.0f} s",
                 file=sys.stderr,
                 flush=True,
@@ -474,6 +482,16 @@ class Trainer:
             "processes": world_size(),
             "steps": state.step,
             "time_budget_s": self.cfg.time_budget_s,
-            "stopped_by": "time budget" if state.budget_stop_s is not None else "schedule",
+            "compute_budget": self.cfg.compute_budget,
+            **self.compute,
+            "stopped_by": self._stopped_by(),
             "budget_stop_s": state.budget_stop_s,  # the loop's wall time at the step the budget ended
         }
+
+    def _of_total(self) -> str:
+        return f"/{self.total_steps}" if math.isfinite(self.total_steps) else ""  # a time budget's: open
+
+    def _stopped_by(self) -> str:
+        if self.state.budget_stop_s is not None:
+            return "time budget"
+        return "compute budget" if self.cfg.compute_budget is not None else "schedule"

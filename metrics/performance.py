@@ -53,10 +53,16 @@ def cost(ctx: EvalContext) -> dict[str, Value]:
 
 def _steps_protocol(summary: dict) -> dict:
     """How training ended, and the batch the steps were of; for a time budget, the budget and the
-    wall time at which it ended training."""
+    wall time at which it ended training; for a compute budget, the budget and the FLOPs per step
+    that bought the steps."""
     protocol = {"batch_size": summary.get("batch_size"), "stopped_by": summary.get("stopped_by")}
     if summary.get("time_budget_s") is not None:
         protocol |= {"time_budget_s": summary["time_budget_s"], "stopped_at_s": summary.get("budget_stop_s")}
+    if summary.get("compute_budget") is not None:  # ceil(budget / FLOPs per step) steps (bench.budget)
+        protocol |= {
+            "compute_budget": summary["compute_budget"],
+            "train_flops_per_step": summary.get("train_flops_per_step"),
+        }
     if (summary.get("processes") or 1) > 1:
         protocol["processes"] = summary["processes"]
     return {k: v for k, v in protocol.items() if v is not None}

@@ -54,9 +54,12 @@ class TrainConfig:
     schedule: str = "constant"  # learning rate after warm-up: constant, or cosine decay to 0 at the end
     warmup_steps: int = 0  # linear learning-rate warm-up from 0
     ema_decay: float | None = None  # exponential moving average of the weights, used to evaluate
-    # Stop training at the first step boundary past this many seconds of the loop's wall time (an
-    # equal-compute budget); the steps it reached are recorded, and --max-steps of them repeats it.
+    # Stop training at the first step boundary past this many seconds of the loop's wall time; the
+    # steps it reached are recorded, and --max-steps of them repeats it. Epochs and max_steps do not cap it.
     time_budget_s: float | None = None
+    # Train the steps whose counted FLOPs reach this budget, ceil(budget / FLOPs per step) (the loop
+    # counts a step at run start: bench.budget); that decides the steps, whatever epochs and max_steps say.
+    compute_budget: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "val_images", "checkpoint_every", "log_every"):
@@ -84,6 +87,12 @@ class TrainConfig:
             math.isfinite(self.time_budget_s) and self.time_budget_s > 0
         ):
             raise ValueError(f"time_budget_s must be a positive number of seconds, got {self.time_budget_s}")
+        if self.compute_budget is not None and not (
+            math.isfinite(self.compute_budget) and self.compute_budget > 0
+        ):
+            raise ValueError(f"compute_budget must be a positive number of FLOPs, got {self.compute_budget}")
+        if self.compute_budget is not None and self.time_budget_s is not None:
+            raise ValueError("a run has one budget: give compute_budget (FLOPs) or time_budget_s, not both")
         if self.time_budget_s is not None and self.schedule == "cosine":
             # The decay is a function of the planned last step, which a budget cuts short: the same
             # steps run with --max-steps would decay to 0 at another step, and not repeat the run.

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from cli_utils import invoke
 
+from genbench.metrics.compute import PEAK_FLOP_RATE, TRAIN_FLOP_RATE, UTILIZATION
+
 # The cheapest real run: the smoke GAN (30 steps: fewer draw grey images that evaluation refuses),
 # the fewest samples FID with the mnist network takes (its 128 feature dimensions); --threads 1 on
 # the shared cores.
@@ -55,5 +57,6 @@ def status(run_dir: Path) -> dict:
 def metric_values(run_dir: Path) -> dict:
     """Every number of metrics.json but timings (which vary from run to run)."""
     timing = {"train_images_per_s", "sample_images_per_s", "peak_memory_mb", "wall_time_s"}
+    timing |= {o.key for o in (TRAIN_FLOP_RATE, PEAK_FLOP_RATE, UTILIZATION)}  # clock-measured too
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text())["metrics"]
     return {k: v["value"] for k, v in metrics.items() if v["column"] not in timing}

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from genbench import models
+from genbench.metrics.compute import training_step_flops
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 CPU = torch.device("cpu")
@@ -118,3 +119,30 @@ def test_compare_loop_table_shows_each_way_and_their_ratios():
     table = compare_loop.format_table(runs).splitlines()
     line = next(x for x in table if x.startswith("vae (quick, batch 128)"))
     assert line.split()[4:10] == ["600", "900", "1.50x", "300.00", "200.00", "1.50x"]
+
+
+flops_table = _load("flops_table")
+
+
+def test_flops_table_rate_is_counted_flops_over_the_timed_steps(monkeypatch):
+    """One untimed warm-up call, then FLOPs per step x steps over the seconds of the timed steps."""
+    calls = []
+    clock = iter([10.0, 14.0])
+    monkeypatch.setattr(flops_table.time, "perf_counter", lambda: next(clock))
+    rate = flops_table.achieved_rate(lambda: calls.append(1), 1000, 8, CPU)
+    assert rate == 1000 * 8 / 4.0 and len(calls) == 9
+
+
+def test_flops_table_rows_hold_the_counts_a_run_records():
+    row = flops_table.measure("gan", "smoke", 1, CPU, peak=1e15)
+    model, cfg = models.build("gan", "smoke")
+    assert row.batch_size == cfg.batch_size
+    assert (
+        row.flops_per_step
+        == training_step_flops(model, flops_table.fake_batch(cfg.batch_size, (1, 28, 28), CPU))[0]
+    )
+    assert set(row.flops_per_sample) == set(model.sample_modes()) and row.flops_per_likelihood_image is None
+    assert row.utilization == row.flops_per_s / 1e15 > 0
+    text = flops_table.main(["--models", "gan", "--profile", "smoke", "--steps", "1"])
+    line = next(x for x in text.splitlines() if x.startswith("| gan"))
+    assert f"{row.flops_per_step:.3g}" in line and "n/a" in line and "%" in line
