@@ -147,6 +147,7 @@ def execute(
             protocol = protocol_block(
                 data, plan.eval_config, plan.profile, options.device, options.precision,
                 time_budget_s=plan.train_config.time_budget_s, processes=world_size(),
+                compute_budget=plan.train_config.compute_budget,
             )  # fmt: skip
             report = metrics_document(config["run_id"], model, plan.seed, protocol, entries)
             if writer:

@@ -78,6 +78,12 @@ class RunSettings:
         help="Stop each run's training at the first step past this wall time (an equal-compute budget); "
         "the steps reached are recorded, and --max-steps of them repeats the run.",
     )  # fmt: skip
+    compute_budget: float | None = _setting(
+        None, "--compute", "compute_budget", target=TRAIN, type=click.FloatRange(min=0, min_open=True),
+        metavar="FLOPS",
+        help="Train each run for ceil(FLOPS / FLOPs per step) steps, counted on the model at its start: "
+        "the same steps on every machine, whatever the profile's epochs and max steps (e.g. 2e14).",
+    )  # fmt: skip
     n_samples: int | None = _setting(
         None, "--n-samples", target=EVAL, type=click.IntRange(min=1),
         help="Override the number of generated samples for sample-quality metrics.",

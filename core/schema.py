@@ -78,6 +78,7 @@ PROTOCOL_LABELS: dict[str, str] = {
     "hardware": "hardware",
     "precision": "precision",
     "time_budget_s": "time budget (s)",
+    "compute_budget": "compute budget (FLOPs)",
     "processes": "processes",
     "test_images": "test images",
     "test_subset": "test subset",

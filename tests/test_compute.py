@@ -10,12 +10,14 @@ import math
 
 import pytest
 import torch
+from cli_utils import invoke, one_line_error
 from conftest import fake_mnist
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from genbench import models
 from genbench.bench import budget
+from genbench.bench import plan as plans
 from genbench.bench import run as runs
 from genbench.bench.optim import EMA, Optimizers
 from genbench.bench.train import RunOptions, Trainer
@@ -192,13 +194,15 @@ def test_a_compute_budget_run_records_budget_steps_and_flops(tmp_path):
     name = "flow"  # its samples spread from the first step (a GAN's collapse until its 30th)
     per_step = _independent_step_count(name, 16)
     compute = 7.5 * per_step  # buys 8 steps, past max_steps
-    plan = runs.plan(
+    plan = plans.plan(
         name, "smoke", 0, train_overrides={"compute_budget": compute, "max_steps": 2, "batch_size": 16},
         eval_overrides={"n_test": 32, "iwae_images": 8, "n_samples": 32, "feature_networks": ()},
     )  # fmt: skip
     run_dir = runs.start(plan, CPU, tmp_path, name="c")
     runs.execute(run_dir, fake_mnist(), CPU)
-    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    document = json.loads((run_dir / "metrics.json").read_text())
+    assert document["protocol"]["compute_budget"] == compute  # the report groups runs by it
+    metrics = document["metrics"]
     steps, flops = metrics["steps"], metrics["train_flops_per_step"]
     assert flops["value"] == per_step and flops["section"] == "cost"
     assert steps["value"] == 8 and steps["protocol"]["stopped_by"] == "compute budget"
@@ -212,3 +216,13 @@ def test_a_compute_budget_run_records_budget_steps_and_flops(tmp_path):
     assert metrics["train_flops_per_s"]["value"] == pytest.approx(rate)
     for key in [k for k in metrics if k.startswith("sample_flops")]:
         assert metrics[key]["value"] > 0
+
+
+def test_compute_option_sets_the_budget_and_refuses_a_second_budget():
+    """`bench run --compute` fills TrainConfig.compute_budget (shown by --dry-run); with a time budget
+    too it is one line: a run has one budget."""
+    result = invoke("run", "--models", "vae", "--profile", "smoke", "--compute", "2e11", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert '"compute_budget": 200000000000.0' in result.output
+    both = invoke("run", "--models", "vae", "--profile", "smoke", "--compute", "2e11", "--time-budget", "5")
+    assert "one budget" in one_line_error(both, 2)
