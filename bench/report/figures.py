@@ -58,6 +58,9 @@ class Rendered:
     caption: str
     png: bytes
     svg: bytes
+    # The horizontal dashed lines each panel draws (panel title -> y values): the floor line as drawn,
+    # read back from the figure itself.
+    dashed: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +95,15 @@ def render(fig, name: str, title: str, heading: str, caption: str, handles: dict
     fig.savefig(png, format="png")  # runs the constrained layout
     fig.set_layout_engine("none")  # keep those positions for the SVG: layout is most of the cost
     fig.savefig(svg, format="svg", metadata={"Date": None})
-    return Rendered(name, title, caption, png.getvalue(), svg.getvalue())
+    dashed = {
+        ax.get_title(): tuple(
+            float(line.get_ydata()[0])
+            for line in ax.get_lines()
+            if line.get_linestyle() == "--" and len(set(line.get_ydata())) == 1
+        )
+        for ax in fig.axes
+    }
+    return Rendered(name, title, caption, png.getvalue(), svg.getvalue(), dashed)
 
 
 def palette(models: Sequence[str]) -> dict[str, Any]:
