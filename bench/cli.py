@@ -151,6 +151,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @cache_dir_option
 @fidelity_options
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option(
+    "--tensorboard",
+    is_flag=True,
+    help="Also write training curves and sample grids to RUN/tensorboard/ (the tensorboard extra).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the resolved config of each run as JSON and exit.")
 def run(
     models,
@@ -179,6 +184,7 @@ def run(
     allow_few_samples,
     inception_weights,
     progress,
+    tensorboard,
     dry_run,
 ) -> None:
     """Train and evaluate models; one run folder per (model, seed) under OUT."""
@@ -210,6 +216,7 @@ def run(
         reevaluate=reevaluate,
         cache_dir=cache_dir,
         progress=progress,
+        tensorboard=tensorboard,
         dry_run=dry_run,
         nproc=nproc,
     )

@@ -137,6 +137,7 @@ def describe(plan: RunPlan, options: RunOptions) -> dict[str, Any]:
             "device_name": device_name(options.device),
             "precision": options.precision,
             "compile": options.compile,
+            "tensorboard": options.tensorboard,
             "processes": options.processes,
             "threads": options.threads,
             "model_config": plan.model_config,

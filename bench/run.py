@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from genbench.bench import distributed, results, threads
+from genbench.bench import distributed, results, tensorboard, threads
 from genbench.bench.checkpoint import load_checkpoint
 from genbench.bench.data import (
     MNIST,
@@ -266,6 +266,7 @@ class RunRequest:
     reevaluate: bool = False  # --resume of a done run evaluates it again
     cache_dir: Path | None = None
     progress: bool = True
+    tensorboard: bool = False  # --tensorboard: live curves under <run>/tensorboard/
     dry_run: bool = False
     nproc: int = 1  # processes (GPUs) to train each run with; > 1 starts torchrun
 
@@ -362,7 +363,10 @@ def _run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, A
         compile=request.compile,
         progress=request.progress,
         processes=processes,
+        tensorboard=request.tensorboard,
     )
+    if request.tensorboard:
+        tensorboard.require()  # before any run folder is written
     data_dir = request.data_dir
     if request.resume is not None:
         _check_resume_request(request)

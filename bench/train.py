@@ -40,6 +40,7 @@ from genbench.bench.distributed import (
     shard,
 )
 from genbench.bench.optim import EMA, Optimizers
+from genbench.bench.tensorboard import Board
 from genbench.bench.timing import PeakMemory, Stopwatch, device_name, synchronize
 from genbench.core.distributed import all_reduce_, derive_seed, map_batches, rank, world_size
 from genbench.core.errors import UserError
@@ -86,6 +87,7 @@ class RunOptions:
     warmup_steps: int = 5  # steps excluded from the throughput figure (allocator, cudnn autotune, compile)
     processes: int = 1  # data-parallel ranks (torchrun): the same global batches, each rank a slice
     threads: dict[str, Any] | None = None  # bench.threads.ThreadChoice.record() of a CPU run
+    tensorboard: bool = False  # also write history rows and sample grids to <run>/tensorboard/
 
 
 class StopFlag:
@@ -202,6 +204,8 @@ class Trainer:
         self.checkpoint, self.identity, self.history = checkpoint, identity, history
         check_batch_size(cfg.batch_size)  # the global batch, split evenly over the ranks
         self.rank0 = rank() == 0
+        live = options.tensorboard and history is not None and self.rank0
+        self.board = Board(history.parent) if live else None  # type: ignore[union-attr]
         self.steps_per_epoch = len(data.train) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise UserError(
@@ -263,6 +267,8 @@ class Trainer:
             ) from None
         finally:
             self.bar.close()
+            if self.board is not None:
+                self.board.close()
         synchronize(self.options.device)
         if self.ema is not None:
             self.model.load_state_dict(self.ema.shadow)
@@ -367,6 +373,8 @@ class Trainer:
         }
         row |= dict(zip(keys, stacked.mean(0).tolist(), strict=True))
         state.history.append(row)
+        if self.board is not None:
+            self.board.row(row)
         self.bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{row['images_per_s']:.0f}", refresh=False)
         self.bar.update(len(pending))
         if self.plain_progress and self.rank0 and time.monotonic() - self.last_line >= PLAIN_PROGRESS_EVERY_S:
@@ -453,6 +461,8 @@ class Trainer:
             }
             | values
         )
+        if self.board is not None:
+            self.board.validation(self.state.history[-1], self.model, self.seed)
         self.state.validated_epoch = self.state.epoch
         self.window.lap()  # validation is not training time
 
