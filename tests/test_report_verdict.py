@@ -89,6 +89,10 @@ def test_verdict_names_the_better_mean_and_tests_it_against_seed_noise(results, 
 def test_welch_p_value():
     # t = -3 / sqrt(1/3 + 1/3) = -3.674 on 4 degrees of freedom: two-sided p = 0.02131
     assert math.isclose(welch_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]), 0.021311641128756, rel_tol=1e-9)
+    # Unequal variances (1 and 13): t = -5 / sqrt(14/3) = -2.3146 on Welch-Satterthwaite
+    # df = (14/3)^2 / ((1/3)^2/2 + (13/3)^2/2) = 2.3059; p = I_{df/(df+t^2)}(df/2, 1/2) = 0.12977
+    # (a pooled-variance test would give 0.0816)
+    assert math.isclose(welch_p([1.0, 2.0, 3.0], [4.0, 6.0, 11.0]), 0.12976650672133122, rel_tol=1e-9)
     assert welch_p([1.0, 1.0, 1.0], [2.0, 2.0, 2.0]) == 0.0  # no spread, different means
 
 

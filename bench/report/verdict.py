@@ -101,7 +101,7 @@ def headline_verdict(group: GroupTables, headline: str, table: Table, j: int) ->
     a, b = _values(table, first, column), _values(table, second, column)
     gap = abs(first.cells[j].mean - second.cells[j].mean)
     relative = f" ({gap / abs(second.cells[j].mean):.0%} of the next)" if second.cells[j].mean else ""
-    metric = column.label + (f", measured {condition}" if condition else "")
+    metric = column.header() + (f", measured {condition}" if condition else "")
 
     def described(row: Row) -> str:
         name = row.label.split(" · ")[0]  # the condition stands in the metric
