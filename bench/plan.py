@@ -14,7 +14,7 @@ from genbench.bench.train import RunOptions
 from genbench.core import files
 from genbench.core.errors import UserError
 from genbench.metrics.base import EVAL_PROFILES, EvalConfig
-from genbench.models.base import ORIGINS, TrainConfig, get_model_class, with_image_spec
+from genbench.models.base import ORIGINS, PROFILE_VALIDATIONS, TrainConfig, get_model_class, with_image_spec
 from genbench.models.plugins import is_spec
 
 
@@ -96,6 +96,9 @@ def plan(
     cls = get_model_class(model)
     spec = get_dataset_spec(dataset)
     model_config, train_config = cls.profiles[profile]()
+    train_config = dataclasses.replace(  # the profile's validation points, unless the family asks more
+        train_config, validations=max(train_config.validations, PROFILE_VALIDATIONS.get(profile, 1))
+    )
     try:
         model_config = with_image_spec(model_config, image_shape or spec.image_shape, levels or spec.levels)
         train_config = dataclasses.replace(train_config, **(train_overrides or {}))

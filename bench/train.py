@@ -213,6 +213,10 @@ class Trainer:
             )
         total = cfg.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps is not None else total
+        # Steps between the validations spread over the run (None: the epoch ends only).
+        self.val_every = (
+            self.total_steps // cfg.validations if 1 < cfg.validations <= self.total_steps else None
+        )
         self.optimizers = Optimizers(model, cfg, self.total_steps, options.device)
         self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
         self.state = LoopState()
@@ -295,6 +299,9 @@ class Trainer:
                 self._flush()
             if state.step % cfg.checkpoint_every == 0:
                 self._write_checkpoint()
+            if self._validation_due():
+                self._flush()  # the training row first
+                self._validate(epoch_end=False)
             signalled, over_budget = self._agree(stop, budget=True)
             if over_budget:
                 state.budget_stop_s = self._wall_time()
@@ -441,7 +448,17 @@ class Trainer:
         self.last_good = self.state.step
         self.window.lap()  # checkpoint I/O is not training time
 
-    def _validate(self) -> None:
+    def _validation_due(self) -> bool:
+        """A validation spread over the run, not at an epoch end or the last step (those validate)."""
+        step = self.state.step
+        return (
+            self.val_every is not None
+            and step % self.val_every == 0
+            and step % self.steps_per_epoch != 0
+            and step < self.total_steps
+        )
+
+    def _validate(self, epoch_end: bool = True) -> None:
         images = self.data.val[: self.cfg.val_images]
         # Buffers that batches update (BatchNorm statistics) and their averages drift apart across
         # ranks; the ranks validate with rank 0's, which its checkpoints hold. Validation follows
@@ -463,7 +480,8 @@ class Trainer:
         )
         if self.board is not None:
             self.board.validation(self.state.history[-1], self.model, self.seed)
-        self.state.validated_epoch = self.state.epoch
+        if epoch_end:
+            self.state.validated_epoch = self.state.epoch
         self.window.lap()  # validation is not training time
 
     def _summary(self) -> dict[str, Any]:
