@@ -114,7 +114,8 @@ def palette(models: Sequence[str]) -> dict[str, Any]:
 
 
 def _axis_label(column: Column) -> str:
-    unit = column.unit if column.unit not in ("", "-") else "score"
+    # A metric without a unit is named by its label ("KID (mnist)"), never called a "score".
+    unit = column.unit if column.unit not in ("", "-") else column.label
     return unit + {True: " (↑ better)", False: " (↓ better)"}.get(column.higher_is_better, "")  # type: ignore[arg-type]
 
 
