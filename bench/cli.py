@@ -109,9 +109,14 @@ def cli(ctx: click.Context, debug: bool) -> None:
 )
 @cache_dir_option
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option(
+    "--tensorboard",
+    is_flag=True,
+    help="Also write training curves and sample grids to RUN/tensorboard/ (the tensorboard extra).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the resolved config of each run as JSON and exit.")
-def run(models, profile, seeds, out, name, overwrite, resume, reevaluate, cache_dir, progress, dry_run, nproc,
-        **settings) -> None:  # fmt: skip
+def run(models, profile, seeds, out, name, overwrite, resume, reevaluate, cache_dir, progress, tensorboard,
+        dry_run, nproc, **settings) -> None:  # fmt: skip
     """Train and evaluate models; one run folder per (model, seed) under OUT."""
     from genbench.bench import run as runs
     from genbench.bench.plan import RunRequest
@@ -120,7 +125,7 @@ def run(models, profile, seeds, out, name, overwrite, resume, reevaluate, cache_
     request = RunRequest(
         models=models, profile=profile, seeds=seeds, settings=RunSettings.from_options(**settings), out=out,
         name=name, overwrite=overwrite, resume=resume, reevaluate=reevaluate, cache_dir=cache_dir,
-        progress=progress, dry_run=dry_run, nproc=nproc,
+        progress=progress, tensorboard=tensorboard, dry_run=dry_run, nproc=nproc,
     )  # fmt: skip
     runs.run_all(request, echo=click.echo)
 

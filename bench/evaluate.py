@@ -42,8 +42,9 @@ def protocol_block(
 ) -> dict[str, Any]:
     """The run-level protocol of metrics.json: what every number of the run depends on besides the
     model and the seed. Runs with equal blocks were measured identically. A time or compute budget
-    (runs cut at equal wall-clock or equal FLOPs are another comparison than full schedules) and a data-parallel run's
-    process count (its cost numbers) appear only where they are set, so other runs group as before."""
+    (runs cut at equal wall-clock or equal FLOPs are another comparison than full schedules) and a
+    data-parallel run's process count (its cost numbers) appear only where they are set, so other
+    runs group as before."""
     n_test = len(data.test)
     n_reference = min(config.n_samples, n_test)
     return {
@@ -140,6 +141,7 @@ def metrics_document(
         "model_protocol": {
             "sample_modes": model.sample_modes(),
             "likelihood": model.likelihood,
+            "invertible": model.invertible,
             "likelihood_estimator": model.likelihood_estimator() if model.likelihood else None,
         },
         "metrics": entries,

@@ -17,7 +17,7 @@ from genbench.bench.train import RunOptions
 from genbench.core import files
 from genbench.core.errors import UsageError, UserError
 from genbench.metrics.base import EVAL_PROFILES, EvalConfig
-from genbench.models.base import ORIGINS, TrainConfig, get_model_class, with_image_spec
+from genbench.models.base import ORIGINS, PROFILE_VALIDATIONS, TrainConfig, get_model_class, with_image_spec
 from genbench.models.plugins import recorded_family
 
 
@@ -93,6 +93,9 @@ def plan(
     cls = get_model_class(model)
     spec = get_dataset_spec(dataset)
     model_config, train_config = cls.profiles[profile]()
+    train_config = dataclasses.replace(  # the profile's validation points, unless the family asks more
+        train_config, validations=max(train_config.validations, PROFILE_VALIDATIONS.get(profile, 1))
+    )
     try:
         model_config = with_image_spec(model_config, image_shape or spec.image_shape, levels or spec.levels)
         train_config = dataclasses.replace(train_config, **(train_overrides or {}))
@@ -132,6 +135,7 @@ def describe(plan: RunPlan, options: RunOptions) -> dict[str, Any]:
             "device_name": device_name(options.device),
             "precision": options.precision,
             "compile": options.compile,
+            "tensorboard": options.tensorboard,
             "processes": options.processes,
             "threads": options.threads,
             "model_config": plan.model_config,
@@ -156,6 +160,7 @@ class RunRequest:
     reevaluate: bool = False  # --resume of a done run evaluates it again
     cache_dir: Path | None = None
     progress: bool = True
+    tensorboard: bool = False  # --tensorboard: live curves under <run>/tensorboard/
     dry_run: bool = False
     nproc: int = 1  # processes (GPUs) to train each run with; > 1 starts torchrun
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from genbench.bench import distributed, results, threads
+from genbench.bench import distributed, results, tensorboard, threads
 from genbench.bench.checkpoint import load_checkpoint
 from genbench.bench.data import Dataset, load_dataset, resolve_data_dir
 from genbench.bench.device import prepare_model, resolve_device, resolve_precision
@@ -329,7 +329,10 @@ def _run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, A
         compile=request.settings.compile,
         progress=request.progress,
         processes=processes,
+        tensorboard=request.tensorboard,
     )
+    if request.tensorboard:
+        tensorboard.require()  # before any run folder is written
     targets = _targets(request)
     results.check_writable_folder(request.cache, "--cache-dir")  # OUT/.cache unless given
     _check_plans(targets.plans)

@@ -43,6 +43,7 @@ from genbench.bench.distributed import (
     shard,
 )
 from genbench.bench.optim import EMA, Optimizers
+from genbench.bench.tensorboard import Board
 from genbench.bench.timing import PeakMemory, Stopwatch, device_name, synchronize
 from genbench.core.distributed import all_reduce_, derive_seed, map_batches, rank, world_size
 from genbench.core.errors import UserError
@@ -89,6 +90,7 @@ class RunOptions:
     warmup_steps: int = 5  # steps excluded from the throughput figure (allocator, cudnn autotune, compile)
     processes: int = 1  # data-parallel ranks (torchrun): the same global batches, each rank a slice
     threads: dict[str, Any] | None = None  # bench.threads.ThreadChoice.record() of a CPU run
+    tensorboard: bool = False  # also write history rows and sample grids to <run>/tensorboard/
 
 
 class StopFlag:
@@ -205,6 +207,8 @@ class Trainer:
         self.checkpoint, self.identity, self.history = checkpoint, identity, history
         check_batch_size(cfg.batch_size)  # the global batch, split evenly over the ranks
         self.rank0 = rank() == 0
+        live = options.tensorboard and history is not None and self.rank0
+        self.board = Board(history.parent) if live else None  # type: ignore[union-attr]
         self.steps_per_epoch = len(data.train) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise UserError(
@@ -217,6 +221,13 @@ class Trainer:
             options.device, options.precision
         )
         self.total_steps = planned_steps(cfg, self.steps_per_epoch, self.compute["train_flops_per_step"])
+        # Steps between the validations spread over the run (None: the epoch ends only; a time
+        # budget's open-ended run validates at its epoch ends).
+        self.val_every = (
+            int(self.total_steps) // cfg.validations
+            if math.isfinite(self.total_steps) and 1 < cfg.validations <= self.total_steps
+            else None
+        )
         self.optimizers = Optimizers(model, cfg, self.total_steps, options.device)
         self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
         self.state = LoopState()
@@ -271,6 +282,8 @@ class Trainer:
             ) from None
         finally:
             self.bar.close()
+            if self.board is not None:
+                self.board.close()
         synchronize(self.options.device)
         if self.ema is not None:
             self.model.load_state_dict(self.ema.shadow)
@@ -297,6 +310,9 @@ class Trainer:
                 self._flush()
             if state.step % cfg.checkpoint_every == 0:
                 self._write_checkpoint()
+            if self._validation_due():
+                self._flush()  # the training row first
+                self._validate(epoch_end=False)
             signalled, over_budget = self._agree(stop, budget=True)
             if over_budget:
                 state.budget_stop_s = self._wall_time()
@@ -375,6 +391,8 @@ class Trainer:
         }
         row |= dict(zip(keys, stacked.mean(0).tolist(), strict=True))
         state.history.append(row)
+        if self.board is not None:
+            self.board.row(row)
         self.bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{row['images_per_s']:.0f}", refresh=False)
         self.bar.update(len(pending))
         if self.plain_progress and self.rank0 and time.monotonic() - self.last_line >= PLAIN_PROGRESS_EVERY_S:
@@ -441,7 +459,17 @@ class Trainer:
         self.last_good = self.state.step
         self.window.lap()  # checkpoint I/O is not training time
 
-    def _validate(self) -> None:
+    def _validation_due(self) -> bool:
+        """A validation spread over the run, not at an epoch end or the last step (those validate)."""
+        step = self.state.step
+        return (
+            self.val_every is not None
+            and step % self.val_every == 0
+            and step % self.steps_per_epoch != 0
+            and step < self.total_steps
+        )
+
+    def _validate(self, epoch_end: bool = True) -> None:
         images = self.data.val[: self.cfg.val_images]
         # Buffers that batches update (BatchNorm statistics) and their averages drift apart across
         # ranks; the ranks validate with rank 0's, which its checkpoints hold. Validation follows
@@ -461,7 +489,10 @@ class Trainer:
             }
             | values
         )
-        self.state.validated_epoch = self.state.epoch
+        if self.board is not None:
+            self.board.validation(self.state.history[-1], self.model, self.seed)
+        if epoch_end:
+            self.state.validated_epoch = self.state.epoch
         self.window.lap()  # validation is not training time
 
     def _summary(self) -> dict[str, Any]:

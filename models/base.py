@@ -29,6 +29,9 @@ from genbench.core.schema import KINDS
 
 Likelihood = Literal["exact", "bound", "estimate"] | None  # core.schema.KINDS, or None
 PROFILE_NAMES = ("smoke", "quick", "full")
+# Validation points a profile asks of every family's run at least (TrainConfig.validations), so its
+# validation curves have a shape; the quick profile's are cheap next to its training.
+PROFILE_VALIDATIONS = {"smoke": 1, "quick": 5, "full": 5}
 
 
 OPTIMIZERS = ("adam", "adamw")
@@ -45,6 +48,8 @@ class TrainConfig:
     lr: float = 1e-3
     max_steps: int | None = None  # stop early (smoke profiles); None runs all epochs
     val_images: int = 5000  # validation subset evaluated at each epoch end
+    # Validations spread evenly over the run's steps (beside each epoch end's): 1 is the epoch ends only.
+    validations: int = 1
     checkpoint_every: int = 500  # steps between checkpoints (one is also written at each epoch end)
     log_every: int = 20  # steps between host syncs: history rows, progress bar, finiteness check
     optimizer: str = "adam"  # one per parameter group of the model (the GAN has two)
@@ -62,7 +67,7 @@ class TrainConfig:
     compute_budget: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "val_images", "checkpoint_every", "log_every"):
+        for name in ("epochs", "batch_size", "val_images", "validations", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -194,6 +199,8 @@ class GenerativeModel(nn.Module, abc.ABC):
     likelihood: ClassVar[Likelihood] = None
     importance_weighted: ClassVar[bool] = False
     can_reconstruct: ClassVar[bool] = False
+    # reconstruct() inverts a bijection: its reconstruction error is zero by construction, not a finding
+    invertible: ClassVar[bool] = False
     can_interpolate: ClassVar[bool] = False
     Config: ClassVar[type]
     profiles: ClassVar[dict[str, Profile]]

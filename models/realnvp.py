@@ -362,6 +362,7 @@ class RealNVP(GenerativeModel):
     likelihood = "estimate"
     importance_weighted = True
     can_reconstruct = True
+    invertible = True
     can_interpolate = True
     Config = Config
     profiles = {"smoke": _smoke, "quick": _quick, "full": _full}

@@ -55,7 +55,21 @@ def test_bench_report_reads_the_reference_with_its_numbers(tmp_path):
                 [f"{model} [{entry['variant']}]"] if entry["variant"] else _rows(seeds[0], entry["section"])
             )
             for label in labels:
+                if entry["section"] == "cost":
+                    checked += _check_cost_rows(csv, group, label, entry["column"], seeds, key)
+                    continue
                 reported_mean = row(csv, group, entry["section"], label)[f"{entry['column']}_mean"]
                 assert reported_mean == pytest.approx(statistics.fmean(values), rel=1e-9), (label, key)
                 checked += 1
     assert checked >= 40
+
+
+def _check_cost_rows(csv: pd.DataFrame, group: str, label: str, column: str, docs: list, key: str) -> int:
+    """The reference's seeds ran under three conditions (README: seed 0 alone on 2 threads, seeds 1
+    and 2 side by side on 1 thread): a cost is one row per seed, never their mean."""
+    rows = csv[(csv.group == group) & (csv.section == "cost") & csv.row.str.startswith(f"{label} · ")]
+    assert sorted(rows.seeds.astype(str)) == ["0", "1", "2"], (label, key)
+    for found in rows.itertuples():
+        value = next(d["metrics"][key]["value"] for d in docs if str(d["seed"]) == str(found.seeds))
+        assert getattr(found, f"{column}_mean") == pytest.approx(value, rel=1e-9), (found.row, key)
+    return len(rows)

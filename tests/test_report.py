@@ -29,6 +29,7 @@ from genbench.bench import plan as plans
 from genbench.bench import report
 from genbench.bench import run as runs
 from genbench.bench.report import images, tables
+from genbench.bench.report.comparable import TRIVIAL_MARK
 from genbench.bench.train import RunOptions
 from genbench.core.errors import UserError
 from genbench.core.files import read_json, write_json
@@ -36,6 +37,7 @@ from genbench.core.schema import KINDS, old_schema_message
 from genbench.metrics import fidelity
 from genbench.metrics.likelihood import BPD, IWAE_BPD, IWAE_NLL, NLL
 from genbench.metrics.performance import PARAMETERS
+from genbench.metrics.reconstruction import BCE, MSE
 
 FID, KID, IS = (o for o in fidelity.outputs_for("mnist")[:3])
 OPTIONS = RunOptions(device=torch.device("cpu"), progress=False)
@@ -227,7 +229,10 @@ def test_every_number_is_its_metrics_json_value_under_its_own_header(results, bu
         se = (
             f" ± {tables.spread_text(entry['value'], entry['stderr'])}" if entry["stderr"] is not None else ""
         )
-        assert text == mark + tables.format_number(entry["value"]) + se, entry["column"]
+        trivial = (
+            f" {TRIVIAL_MARK}" if entry["column"] in (MSE.key, BCE.key) else ""
+        )  # invertible: by construction
+        assert text == mark + tables.format_number(entry["value"]) + se + trivial, entry["column"]
         csv_se = row(csv, MAIN, entry["section"], "flow")[f"{entry['column']}_stderr"]
         assert pd.isna(csv_se) if entry["stderr"] is None else csv_se == pytest.approx(entry["stderr"])
         checked += 1
@@ -470,7 +475,15 @@ def test_html_parses_and_embeds_its_images(rendered):
     for src in parser.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:4] == b"\x89PNG"
-    assert page.index("Protocol and provenance") < page.index("<h2>Tables") < page.index("<h2>Figures")
+    # The verdict and the Pareto figure first, provenance last.
+    order = [
+        "<h2>Verdict",
+        "Sample quality versus speed",
+        "<h2>Tables",
+        "<h2>Figures",
+        "Protocol and provenance",
+    ]
+    assert [page.index(h) for h in order] == sorted(page.index(h) for h in order)
     assert 'class="results"' in page and "best" in page and "gan has no likelihood" in page
     assert "1 unfinished run(s) left out" in page and "spherical interpolation (slerp)" in page
     assert "Skipped: fewer than two models" in page  # the one-gan group has nothing to compare
@@ -491,7 +504,8 @@ def test_nearest_neighbour_panel_skipped_without_training_images(results, tmp_pa
 
 def test_report_reads_the_schema_not_key_names():
     """The report's modules import from core.schema only its public names and from metrics only the
-    literature table (data matched on the protocol block; it says nothing of what a metric means)."""
+    literature table (data matched on the protocol block; it says nothing of what a metric means) and
+    the reconstruction outputs, whose keys mark an invertible model's trivially exact cells."""
     allowed = {
         "SECTIONS",
         "PROTOCOL_LABELS",
@@ -505,8 +519,9 @@ def test_report_reads_the_schema_not_key_names():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
                 if node.module.startswith("genbench.metrics"):
-                    assert node.module == "genbench.metrics.published", path
-                    assert {a.name for a in node.names} == {"published_for"}, path
+                    expected = {"genbench.metrics.published": {"published_for"},
+                                "genbench.metrics.reconstruction": {"MSE", "BCE"}}  # fmt: skip
+                    assert {a.name for a in node.names} <= expected.get(node.module, set()), path
                 if node.module == "genbench.core.schema":
                     assert {a.name for a in node.names} <= allowed, path
 
@@ -559,16 +574,17 @@ def test_published_results_are_reference_rows_beside_the_protocol_they_match(res
     """8-bit MNIST runs get the literature's bits/dim as reference rows in the printed table and the
     CSV, each with its source and how its protocol differs; never a best mark, never in a mean."""
     _, groups, markdown, csv = built
-    published = row(csv, MAIN, "likelihood", "published: RealNVP")
+    published = row(csv, MAIN, "likelihood", "published: RealNVP (source 1)")
     assert published[f"{BPD.key}_mean"] == 1.06 and bool(published["floor"])
     assert math.isnan(published[f"{NLL.key}_mean"])  # the source gives bits/dim only
     header = tables.Column(BPD.key, BPD.label, BPD.unit, BPD.higher_is_better, 0).header()
     table = md_table(markdown, MAIN, "Likelihood and reconstruction")
-    assert table.loc["*published: Residual Flow*", header] == "0.9700"
-    assert "**" not in table.loc["*published: Residual Flow*", header]  # below ours, yet not marked best
-    notes = groups[0].section("likelihood").notes
-    note = next(n for n in notes if n.startswith("published: RealNVP: 1.06,"))
-    assert "Chen, Behrmann" in note and "protocol match: approximate" in note
+    assert table.loc["*published: Residual Flow (source 1)*", header] == "0.9700"
+    assert "**" not in table.loc["*published: Residual Flow (source 1)*", header]  # below ours, not best
+    # One numbered list of sources: the four rows from one paper share one entry.
+    notes = [n for n in groups[0].section("likelihood").notes if n.startswith("published source")]
+    assert len(notes) == 1 and notes[0].startswith("published source 1: Chen, Behrmann")
+    assert "protocol match: approximate" in notes[0]
     # the same run on binarized MNIST: the binarized literature (nats per image) instead
     copy = tmp_path / "results"
     shutil.copytree(results / "vae-smoke-s0-a", copy / "vae-smoke-s0-a")
@@ -578,5 +594,5 @@ def test_published_results_are_reference_rows_beside_the_protocol_they_match(res
     binarized = report.render_csv(tables.build_tables(report.load_results(copy)))
     binarized = pd.read_csv(io.StringIO(binarized))
     rows = binarized[binarized.section == "likelihood"].set_index("row")
-    assert rows.loc["published: PixelCNN", f"{NLL.key}_mean"] == 81.30
+    assert rows.loc["published: PixelCNN (source 1)", f"{NLL.key}_mean"] == 81.30
     assert not any(label.startswith("published: RealNVP") for label in rows.index)

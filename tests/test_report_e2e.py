@@ -12,11 +12,13 @@ import torch
 from cli_utils import invoke
 from test_report import md_table, row
 
+from genbench.bench.report.comparable import TRIVIAL_MARK
 from genbench.bench.report.tables import FLOOR_LABEL, format_number, spread_text
 from genbench.core.files import read_json
 from genbench.core.schema import KIND_MARKS, SECTIONS
 from genbench.metrics.base import EVAL_PROFILES
 from genbench.metrics.likelihood import BPD, IWAE_BPD, IWAE_NLL, NLL
+from genbench.metrics.reconstruction import BCE, MSE
 from genbench.models import MODELS
 
 
@@ -84,10 +86,10 @@ def test_report_shows_every_number_the_run_wrote(reported):
             for label in [f"{doc['model']} [{entry['variant']}]"] if entry["variant"] else variant_rows:
                 text = table.loc[label, header].strip("*")
                 se = "" if entry["stderr"] is None else f" ± {spread_text(entry['value'], entry['stderr'])}"
-                assert text == KIND_MARKS.get(entry["kind"], "") + format_number(entry["value"]) + se, (
-                    label,
-                    header,
-                )
+                invertible = doc["model_protocol"].get("invertible")
+                trivial = f" {TRIVIAL_MARK}" if invertible and entry["column"] in (MSE.key, BCE.key) else ""
+                expected = KIND_MARKS.get(entry["kind"], "") + format_number(entry["value"]) + se + trivial
+                assert text == expected, (label, header)
                 assert row(csv, group, entry["section"], label)[f"{entry['column']}_mean"] == entry["value"]
                 checked += 1
     assert checked >= valued >= 10 * len(docs)

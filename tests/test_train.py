@@ -222,3 +222,24 @@ def test_compile_turns_each_training_step_into_whole_graphs(name, fake_data):
         model.train_step(x, optimizers, step)
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert 1 <= graphs <= 3 and counters["stats"]["unique_graphs"] == graphs
+
+
+def test_validations_spread_over_the_run_leave_training_unchanged(fake_data, tmp_path):
+    """validations=4 over 12 steps: validation at steps 3, 6, 9 and at the end; the weights are those
+    of a run validated at the end only (validation draws from its own random stream)."""
+    base = models.build("vae", "smoke")[1]
+    cfg = dataclasses.replace(
+        base, max_steps=12, batch_size=16, checkpoint_every=4, log_every=2, val_images=32
+    )
+    once, _, _ = _run(fake_data, tmp_path / "once", cfg)
+    spread, state, _ = _run(fake_data, tmp_path / "spread", dataclasses.replace(cfg, validations=4))
+    assert [r["step"] for r in state.history if r["split"] == "val"] == [3, 6, 9, 12]
+    for a, b in zip(once.state_dict().values(), spread.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_quick_profile_validates_at_least_five_times():
+    from genbench.bench.plan import plan
+
+    for name in models.MODELS:
+        assert plan(name, "quick", 0).train_config.validations >= 5, name

@@ -10,6 +10,8 @@ sections, bound marks, estimators, n/a reasons and floors come from the entries'
     formats.py  Markdown, CSV, LaTeX, HTML from one DataFrame per table (Styler for LaTeX/HTML)
     figures.py  bars, quality vs speed, training curves, validation bits/dim
     images.py   sample grids, interpolations, nearest training images
+    comparable.py  what a table may compare: cost conditions, trivial cells, process-level costs
+    verdict.py  the verdict first: per headline metric the best family, its margin, seed noise
     page.py     index.html from templates/index.html.j2
 
 The whole report is built in memory, then each file is written through ``core.files`` (atomic), so
@@ -31,6 +33,7 @@ from genbench.bench.report.images import nearest_training_images
 from genbench.bench.report.load import Results, load_results
 from genbench.bench.report.page import render_html
 from genbench.bench.report.tables import FLOOR_LABEL, GroupTables, build_tables, format_number, runs_frame
+from genbench.bench.report.verdict import render_verdict_markdown
 from genbench.core.errors import UserError
 from genbench.core.files import write_bytes
 
@@ -143,7 +146,8 @@ def make_report(
     files: dict[str, bytes] = {}
     if "md" in formats:
         header = f"# genbench report\n\nFrom `{results_dir}`: {len(results.runs)} runs. {filters}\n\n"
-        files["summary.md"] = (header + markdown).encode()
+        tables = "## Tables\n\n" + markdown
+        files["summary.md"] = (header + render_verdict_markdown(groups) + "\n" + tables).encode()
     if "csv" in formats:
         files["summary.csv"] = render_csv(groups).encode()
         files["runs.csv"] = runs_frame(results).to_csv(index=False).encode()

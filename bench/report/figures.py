@@ -24,17 +24,22 @@ RC = {
     "svg.hashsalt": "genbench",  # deterministic SVG ids
     "svg.fonttype": "none",  # text stays text in the SVG: smaller, selectable, faster to write
 }  # fmt: skip
+# Captions name only what their figure draws: each optional element's sentence is added when drawn.
 BARS_CAPTION = (
     "Bars: mean over seeds; error bars: ± sample std; dots: single seeds. Each axis label gives the better "
-    "direction; the dashed line is the real-data floor. Hatched bars are upper bounds on the NLL, not exact "
-    "values; n/a marks a model the metric does not apply to. Panels spanning more than a factor of 50 use a "
-    "log axis and show the mean as a diamond."
+    "direction."
 )
+BARS_ELEMENTS = {
+    "floor": "The dashed line is the real-data floor.",
+    "bound": "Hatched bars are upper bounds on the NLL, not exact values.",
+    "na": "n/a marks a model the metric does not apply to.",
+    "log": "Panels spanning more than a factor of 50 use a log axis and show the mean as a diamond.",
+}
 QUALITY_SPEED_CAPTION = (
     "{score} against throughput, one point per model and sample mode. Circled points lie on the Pareto front "
-    "(no other is both faster and better); the dotted staircase joins them. Error bars are ± std over seeds; "
-    "the dashed line is the real-data floor."
+    "(no other is both faster and better); the dotted staircase joins them. Error bars are ± std over seeds."
 )
+FLOOR_SENTENCE = " The dashed line is the real-data floor."
 TRAINING_CAPTION = (
     "One row per model; each model's loss is its own objective, so compare shapes, not levels, across rows. "
     "Look for flattening (convergence); the validation figure shows held-out bits/dim, where a rise "
@@ -53,6 +58,9 @@ class Rendered:
     caption: str
     png: bytes
     svg: bytes
+    # The horizontal dashed lines each panel draws (panel title -> y values): the floor line as drawn,
+    # read back from the figure itself.
+    dashed: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +95,15 @@ def render(fig, name: str, title: str, heading: str, caption: str, handles: dict
     fig.savefig(png, format="png")  # runs the constrained layout
     fig.set_layout_engine("none")  # keep those positions for the SVG: layout is most of the cost
     fig.savefig(svg, format="svg", metadata={"Date": None})
-    return Rendered(name, title, caption, png.getvalue(), svg.getvalue())
+    dashed = {
+        ax.get_title(): tuple(
+            float(line.get_ydata()[0])
+            for line in ax.get_lines()
+            if line.get_linestyle() == "--" and len(set(line.get_ydata())) == 1
+        )
+        for ax in fig.axes
+    }
+    return Rendered(name, title, caption, png.getvalue(), svg.getvalue(), dashed)
 
 
 def palette(models: Sequence[str]) -> dict[str, Any]:
@@ -98,7 +114,8 @@ def palette(models: Sequence[str]) -> dict[str, Any]:
 
 
 def _axis_label(column: Column) -> str:
-    unit = column.unit if column.unit not in ("", "-") else "score"
+    # A metric without a unit is named by its label ("KID (mnist)"), never called a "score".
+    unit = column.unit if column.unit not in ("", "-") else column.label
     return unit + {True: " (↑ better)", False: " (↓ better)"}.get(column.higher_is_better, "")  # type: ignore[arg-type]
 
 
@@ -125,7 +142,8 @@ def plot_metric_bars(group: str, table: Table, colours: dict[str, Any]) -> Rende
     rows = [r for r in table.rows if not r.floor]
     labels = [r.label for r in rows]
     hues = {r.label: colours[r.model] for r in rows}
-    floor = next((r for r in table.rows if r.floor), None)
+    floor = next((r for r in table.rows if r.real_floor), None)  # never a published row
+    drawn: set[str] = set()
     nrows, ncols = _grid_shape(len(table.columns))
     rotate = len(labels) > 4 or max(map(len, labels)) > 9
     handles: dict[str, Any] = {}
@@ -145,6 +163,7 @@ def plot_metric_bars(group: str, table: Table, colours: dict[str, Any]) -> Rende
                 "capsize": 0.25,
                 "legend": False,
             }
+            drawn |= {"log"} if log else set()
             if log:  # a bar's length means nothing on a log axis: the mean as a diamond instead
                 sns.pointplot(**common, **bar, linestyle="none", marker="D", markersize=7)
                 ax.set_yscale("log")
@@ -164,6 +183,7 @@ def plot_metric_bars(group: str, table: Table, colours: dict[str, Any]) -> Rende
                     )
             for i, row in enumerate(rows):
                 if row.cells[j].mean is None:
+                    drawn.add("na")
                     ax.text(
                         i, 0.03, NA, transform=ax.get_xaxis_transform(), ha="center", color="0.4", fontsize=9
                     )
@@ -192,7 +212,9 @@ def plot_metric_bars(group: str, table: Table, colours: dict[str, Any]) -> Rende
             [], [], color="0.15", marker="o", linestyle="none", markersize=4, label="single seeds"
         )
         heading = f"{group} · {table.title.lower()}: mean ± std over seeds"
-        return render(fig, f"bars_{table.section}_{group}", title, heading, BARS_CAPTION, handles)
+        drawn |= set(handles)
+        caption = " ".join([BARS_CAPTION, *(text for key, text in BARS_ELEMENTS.items() if key in drawn)])
+        return render(fig, f"bars_{table.section}_{group}", title, heading, caption, handles)
 
 
 def pareto_front(points: Sequence[tuple[float, float]], lower_is_better: bool = True) -> list[int]:
@@ -269,7 +291,7 @@ def plot_quality_speed(group: GroupTables, colours: dict[str, Any]) -> Rendered 
     for speed in speeds:
         points = []
         for row in (r for r in quality.rows if not r.floor):
-            other = cost.row(row.model, row.variant)
+            other = cost.row(row.model, row.variant, group.condition)
             x, y = other.cells[cost.columns.index(speed)] if other else None, row.cells[0]
             if x is not None and x.mean and y.mean is not None:
                 points.append((row, x, y))
@@ -277,7 +299,7 @@ def plot_quality_speed(group: GroupTables, colours: dict[str, Any]) -> Rendered 
             panels.append((speed, points))
     if max((len(p) for _, p in panels), default=0) < 2:
         return Skipped(title, f"fewer than two models have both {score.label} and a throughput")
-    floor = next((r.cells[0].mean for r in quality.rows if r.floor), None)
+    floor = next((r.cells[0].mean for r in quality.rows if r.real_floor), None)
     handles: dict[str, Any] = {}
     with style():
         fig = figure(PANEL_IN[0] * len(panels), PANEL_IN[1])
@@ -326,7 +348,13 @@ def plot_quality_speed(group: GroupTables, colours: dict[str, Any]) -> Rendered 
             ax.set_ylabel(f"{score.header()}")
             ax.set_title(f"{score.label} vs {speed.label}")
         heading = f"{group.name}: sample quality against throughput (mean ± std over seeds)"
-        caption = QUALITY_SPEED_CAPTION.format(score=score.label)
+        caption = QUALITY_SPEED_CAPTION.format(score=score.label) + (
+            FLOOR_SENTENCE if floor is not None else ""
+        )
+        if group.condition:
+            caption += (
+                f" Throughput of the runs measured {group.condition}: costs never average across conditions."
+            )
         return render(fig, f"quality_speed_{group.name}", title, heading, caption, handles)
 
 
@@ -371,8 +399,9 @@ def plot_training_curves(group: str, runs: Sequence[Run], colours: dict[str, Any
                 # nats); validation has its own figure, in bits/dim.
                 lines = part[part.split == "train"].dropna(subset=[x, "loss"])
                 if not lines.empty:
+                    seeds = lines.assign(seed="seed " + lines.seed.astype(str))  # the legend names each
                     sns.lineplot(
-                        data=lines, x=x, y="loss", units="run_id", estimator=None, label="train", ax=ax,
+                        data=seeds, x=x, y="loss", units="run_id", estimator=None, style="seed", ax=ax,
                         color=colours[model], linewidth=1.2,
                     )  # fmt: skip
                 train = part[part.split == "train"]
@@ -382,7 +411,7 @@ def plot_training_curves(group: str, runs: Sequence[Run], colours: dict[str, Any
                 ax.set_title(f"{model}: loss vs {xlabel.split(' (')[0]}")
                 ax.set_ylabel("loss (model's objective)")
                 ax.set_xlabel(xlabel)
-                ax.legend(loc="upper right", fontsize=9)
+                ax.legend(loc="upper right", fontsize=9, title=None)
         heading = f"{group}: training loss (one line per seed)"
         return render(fig, f"training_{group}", title, heading, TRAINING_CAPTION)
 
@@ -402,7 +431,7 @@ def plot_validation_bpd(group: str, runs: Sequence[Run], colours: dict[str, Any]
         return Skipped(title, missing)
     kinds = {r.model: r.model_protocol.get("likelihood") for r in runs}
     names = {m: f"{m} ({KIND_MARKS[k]}{k})" if KIND_MARKS.get(k) else m for m, k in kinds.items()}
-    val = val.assign(model=val.model.map(names))
+    val = val.assign(model=val.model.map(names), seed="seed " + val.seed.astype(str))
     hues = {names[m]: colours[m] for m in names}
     xs = _x_axes(val)
     with style():
@@ -415,15 +444,16 @@ def plot_validation_bpd(group: str, runs: Sequence[Run], colours: dict[str, Any]
                 hue="model",
                 hue_order=sorted(val.model.unique()),
                 palette=hues,
+                style="seed",
                 units="run_id",
                 estimator=None,
-                marker="o",
+                markers=True,
                 markersize=5,
                 ax=ax,
             )
             ax.set_xlabel(xlabel)
             ax.set_ylabel("validation bits/dim (↓ better)")
             ax.set_title(f"bits/dim vs {xlabel.split(' (')[0]}")
-            ax.legend(title="model", fontsize=9)
+            ax.legend(fontsize=9)
         heading = f"{group}: validation bits/dim of the likelihood models (one line per seed)"
         return render(fig, f"val_bpd_{group}", title, heading, VAL_BPD_CAPTION)

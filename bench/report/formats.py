@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from genbench.bench.report.comparable import TRIVIAL_MARK
 from genbench.bench.report.tables import GroupTables, Table, cell_text, format_value, protocol_fields
 
 FORMATS = ("md", "csv", "latex", "html")
@@ -25,7 +26,10 @@ def display_frame(table: Table) -> tuple[pd.DataFrame, np.ndarray]:
                 row.label,
                 "—" if row.floor else str(row.n),
                 seeds,
-                *(cell_text(c, row, footnotes) for c in row.cells),
+                *(
+                    cell_text(c, row, footnotes) + (f" {TRIVIAL_MARK}" if c.trivial else "")
+                    for c in row.cells
+                ),
             ]
         )
         bold.append([False] * len(ROW_HEADERS) + [c.best for c in row.cells])
@@ -72,6 +76,7 @@ def numbers_frame(group: GroupTables, table: Table) -> pd.DataFrame:
             "model": row.model,
             "variant": row.variant,
             "floor": row.floor,
+            "condition": row.condition,
             "n_runs": row.n,
             "seeds": " ".join(map(str, row.seeds)),
         }
@@ -82,6 +87,7 @@ def numbers_frame(group: GroupTables, table: Table) -> pd.DataFrame:
             record[f"{column.key}_n"] = cell.n
             record[f"{column.key}_kind"] = cell.kind
             record[f"{column.key}_na"] = cell.na if not row.floor else None
+            record[f"{column.key}_trivial"] = cell.trivial is not None
         records.append(record)
     return pd.DataFrame(records)
 

@@ -13,8 +13,11 @@ from genbench.bench.report.figures import Rendered, Skipped
 from genbench.bench.report.formats import html_table, table_notes
 from genbench.bench.report.load import Results, Run
 from genbench.bench.report.tables import GroupTables, format_value, protocol_fields
+from genbench.bench.report.verdict import RULE, verdict_html
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+# Figures shown with the verdict, before the tables: quality against cost (the Pareto figure).
+LEAD_FIGURES = ("quality_speed_", "Sample quality versus speed")
 PACKAGES = ("python", "torch", "torchvision", "torch_fidelity", "genbench")
 
 
@@ -49,6 +52,18 @@ def provenance(group: GroupTables) -> list[tuple[str, str]]:
     return items
 
 
+def _leads(figure: Rendered | Skipped) -> bool:
+    name = figure.name if isinstance(figure, Rendered) else figure.title
+    return name.startswith(LEAD_FIGURES)
+
+
+def _figure(figure: Rendered | Skipped) -> dict[str, Any]:
+    if isinstance(figure, Skipped):
+        return {"title": figure.title, "reason": figure.reason, "png": None}
+    png = base64.b64encode(figure.png).decode("ascii")
+    return {"title": figure.title, "caption": figure.caption, "name": figure.name, "png": png}
+
+
 def render_html(
     results: Results,
     groups: Sequence[GroupTables],
@@ -77,19 +92,13 @@ def render_html(
                 "runs": g.group.runs,
                 "notes": g.notes,
                 "tables": [{"html": Markup(html_table(g, t)), "notes": table_notes(t)} for t in g.tables],
+                "verdict": Markup(verdict_html(g)),
             }
             for g in groups
         ],
-        "figures": [
-            {"title": f.title, "reason": f.reason, "png": None}
-            if isinstance(f, Skipped)
-            else {
-                "title": f.title,
-                "caption": f.caption,
-                "name": f.name,
-                "png": base64.b64encode(f.png).decode("ascii"),
-            }
-            for f in figures
-        ],
+        "rule": RULE,
+        # The verdict's figures come right after it; the rest after the tables.
+        "lead_figures": [_figure(f) for f in figures if _leads(f)],
+        "figures": [_figure(f) for f in figures if not _leads(f)],
     }
     return env.get_template("index.html.j2").render(context)

@@ -19,6 +19,12 @@ from typing import Any
 
 import pandas as pd
 
+from genbench.bench.report.comparable import (
+    cost_conditions,
+    main_condition,
+    measures_process,
+    trivial_reason,
+)
 from genbench.bench.report.load import Group, Results
 from genbench.core.schema import KIND_MARKS, KINDS, PROTOCOL_LABELS, SECTIONS
 from genbench.metrics.published import published_for
@@ -44,16 +50,23 @@ class Column:
     unit: str
     higher_is_better: bool | None
     order: int
+    process: bool = False  # measures the whole process (CPU RSS), not the model: never bold, no arrow
 
     @property
     def arrow(self) -> str:
-        return ARROWS.get(self.higher_is_better, "")  # type: ignore[arg-type]
+        return "" if self.process else ARROWS.get(self.higher_is_better, "")  # type: ignore[arg-type]
+
+    @property
+    def comparable(self) -> bool:
+        """Whether a best value in this column means something: a direction, and the model's cost."""
+        return self.higher_is_better is not None and not self.process
 
     def header(self) -> str:
         """Label, unit where it adds something ("Peak memory (MiB) ↓", not "Bits/dim (bits/dim)"), arrow."""
         unit = (
             "" if self.unit in ("", "-", "count") or _normal(self.unit) in _normal(self.label) else self.unit
         )
+        unit = f"process RSS, {unit}" if self.process else unit
         return f"{self.label}{f' ({unit})' if unit else ''} {self.arrow}".strip()
 
 
@@ -73,6 +86,7 @@ class Cell:
     # The standard error of the mean from the runs' own "stderr" (sqrt(sum se_i^2) / n); None where
     # a run states none (older results folders, deterministic numbers).
     stderr: float | None = None
+    trivial: str | None = None  # why the value is perfect by construction (never bold), or None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +98,13 @@ class Row:
     n: int  # runs behind the row
     cells: tuple[Cell, ...]
     floor: bool = False  # a reference row (the real-data floor, a published result): never averaged
+    published: bool = False  # a published result (a reference row, but not the real-data floor)
+    condition: str | None = None  # the cost condition of the runs behind a cost row (comparable.py)
+
+    @property
+    def real_floor(self) -> bool:
+        """The real-data floor row: the only reference a figure draws as the floor line."""
+        return self.floor and not self.published
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +123,10 @@ class Table:
     def title(self) -> str:
         return SECTIONS[self.section]
 
-    def row(self, model: str, variant: str | None) -> Row | None:
-        """The row of (model, variant), else the model's row without a variant."""
-        rows = {(r.model, r.variant): r for r in self.rows if not r.floor}
+    def row(self, model: str, variant: str | None, condition: str | None = None) -> Row | None:
+        """The row of (model, variant) measured under ``condition``, else the model's row without a
+        variant."""
+        rows = {(r.model, r.variant): r for r in self.rows if not r.floor and r.condition == condition}
         return rows.get((model, variant)) or rows.get((model, None))
 
 
@@ -113,6 +135,7 @@ class GroupTables:
     group: Group
     tables: tuple[Table, ...]
     notes: tuple[str, ...]
+    condition: str | None = None  # the cost condition the verdict and the speed figure read
 
     @property
     def name(self) -> str:
@@ -222,23 +245,30 @@ def _cell(entries: pd.DataFrame) -> Cell:
 
 
 def mark_best(rows: Sequence[Row], columns: Sequence[Column]) -> list[Row]:
-    """Bold the best mean of each column by its direction among the model rows; ties are all bold;
-    nothing when fewer than two values or all tie."""
+    """Bold the best mean of each comparable column by its direction among the model rows measured
+    under one condition; ties are all bold; nothing when fewer than two values or all tie. A trivial
+    cell (perfect by construction) takes no part."""
     cells = [list(r.cells) for r in rows]
     for j, column in enumerate(columns):
-        if column.higher_is_better is None:
+        if not column.comparable:
             continue
-        values = [
-            (i, r.cells[j].mean) for i, r in enumerate(rows) if not r.floor and r.cells[j].mean is not None
-        ]
-        if len(values) < 2:
-            continue
-        best = (max if column.higher_is_better else min)(v for _, v in values)
-        if all(math.isclose(v, best, rel_tol=1e-12) for _, v in values):
-            continue
-        for i, v in values:
-            if math.isclose(v, best, rel_tol=1e-12):
-                cells[i][j] = dataclasses.replace(cells[i][j], best=True)
+        for condition in _distinct(r.condition for r in rows) or [None]:
+            values = [
+                (i, r.cells[j].mean)
+                for i, r in enumerate(rows)
+                if not r.floor
+                and r.condition == condition
+                and r.cells[j].mean is not None
+                and r.cells[j].trivial is None
+            ]
+            if len(values) < 2:
+                continue
+            best = (max if column.higher_is_better else min)(v for _, v in values)
+            if all(math.isclose(v, best, rel_tol=1e-12) for _, v in values):
+                continue
+            for i, v in values:
+                if math.isclose(v, best, rel_tol=1e-12):
+                    cells[i][j] = dataclasses.replace(cells[i][j], best=True)
     return [dataclasses.replace(r, cells=tuple(c)) for r, c in zip(rows, cells, strict=True)]
 
 
@@ -273,23 +303,25 @@ def _floor_row(group: Group, part: pd.DataFrame, columns: Sequence[Column]) -> t
 
 def _published_rows(group: Group, columns: Sequence[Column]) -> tuple[list[Row], list[str]]:
     """One reference row per published result in these columns whose dataset and levels (and
-    feature network) are the group's, with a note: source, and exact or approximate and why."""
+    feature network) are the group's. Rows that share a source, protocol and match share one entry of
+    a numbered list of sources ("source 1: ..."), which the row names."""
     keys = [c.key for c in columns]
-    rows, notes = [], []
+    rows, sources = [], {}
     for entry in published_for(group.protocol):
         if entry["metric"] not in keys:
             continue
-        label = f"{PUBLISHED_LABEL}: {entry['model']}"
-        cells = tuple(Cell(entry["value"], n=1) if k == entry["metric"] else Cell(None) for k in keys)
-        rows.append(Row(label, None, None, (), 0, cells, floor=True))
-        spread = f" ± {entry['spread']:g}" if entry["spread"] is not None else ""
         why = f" ({'; '.join(entry['differences'])})" if entry["differences"] else ""
         made = f"; {'; '.join(entry['notes'])}" if entry["notes"] else ""
-        notes.append(
-            f"{label}: {entry['value']:g}{spread}, {entry['source']} ({entry['url']}); {entry['protocol']}"
-            f"{made}; protocol match: {entry['match']}{why}"
+        source = (
+            f"{entry['source']} ({entry['url']}); {entry['protocol']}{made}; "
+            f"protocol match: {entry['match']}{why}"
         )
-    return rows, notes
+        number = sources.setdefault(source, len(sources) + 1)
+        label = f"{PUBLISHED_LABEL}: {entry['model']} (source {number})"
+        cell = Cell(entry["value"], entry["spread"], n=1)
+        cells = tuple(cell if k == entry["metric"] else Cell(None) for k in keys)
+        rows.append(Row(label, None, None, (), 0, cells, floor=True, published=True))
+    return rows, [f"{PUBLISHED_LABEL} source {n}: {text}" for text, n in sources.items()]
 
 
 def _estimator_notes(part: pd.DataFrame, columns: Sequence[Column]) -> list[str]:
@@ -329,49 +361,61 @@ def _unmeasured_notes(part: pd.DataFrame, unmeasured: Sequence[Column]) -> list[
     ]
 
 
+def _points(label: str, model: str, variant: str | None, column: Column, entries: pd.DataFrame) -> list:
+    return [
+        {"row": label, "model": model, "variant": variant, "column": column.key, "run_id": e.run_id,
+         "seed": e.seed, "value": e.value}
+        for e in entries[entries.value.notna()].itertuples()
+    ]  # fmt: skip
+
+
 def _section_table(
     group: Group, section: str, part: pd.DataFrame, footnotes: dict[str, int]
 ) -> Table | str | None:
     """The section's table; a note when no model has a value in it; None when it has no entries."""
     specs = part.drop_duplicates("column").sort_values(["order", "column"], kind="stable")
     columns = [
-        Column(s.column, s.label, s.unit, _direction(s.higher_is_better), int(s.order))
+        Column(
+            s.column, s.label, s.unit, _direction(s.higher_is_better), int(s.order),
+            process=measures_process([json.loads(p) for p in part.protocol[part.column == s.column]]),
+        )
         for s in specs.itertuples()
-    ]
+    ]  # fmt: skip
     measured = {c for c in part.column[part.value.notna()]}
     unmeasured = [c for c in columns if c.key not in measured]
     columns = [c for c in columns if c.key in measured]
     if not columns:
         return "; ".join(_unmeasured_notes(part, unmeasured)) or None
+    conditions = cost_conditions(group.runs) if section == "cost" else {}
     rows, points, shared = [], [], {}
     for model in sorted(part.model.unique()):
-        mine = part[part.model == model]
-        for variant in _variants(group, model, part):
-            label = model if variant is None else f"{model} [{variant}]"
-            cells = []
-            for column in columns:
-                entries = mine[(mine.column == column.key) & (mine.variant == variant)]
-                if entries.empty:  # the model's own number, the same for each of its sample modes
-                    entries = mine[(mine.column == column.key) & mine.variant.isna()]
-                    if variant is not None and not entries.empty:
-                        shared.setdefault(model, []).append(column.label)
-                cells.append(_cell(entries))
-                valued = entries[entries.value.notna()]
-                points += [
-                    {
-                        "row": label,
-                        "model": model,
-                        "variant": variant,
-                        "column": column.key,
-                        "run_id": e.run_id,
-                        "seed": e.seed,
-                        "value": e.value,
-                    }
-                    for e in valued.itertuples()
-                ]
-            seeds = seed_order(mine.seed)
-            rows.append(Row(label, model, variant, seeds, mine.run_id.nunique(), tuple(cells)))
-    rows = mark_best(rows, columns)
+        for condition in sorted(_distinct(conditions.get(r) for r in part.run_id[part.model == model])) or [
+            None
+        ]:
+            mine = part[part.model == model]
+            if condition is not None:
+                mine = mine[mine.run_id.map(conditions.get) == condition]
+            for variant in _variants(group, model, part):
+                label = model if variant is None else f"{model} [{variant}]"
+                label += f" · {condition}" if condition else ""
+                cells = []
+                for column in columns:
+                    entries = mine[(mine.column == column.key) & (mine.variant == variant)]
+                    if entries.empty:  # the model's own number, the same for each of its sample modes
+                        entries = mine[(mine.column == column.key) & mine.variant.isna()]
+                        if variant is not None and not entries.empty:
+                            shared.setdefault(model, []).append(column.label)
+                    cell = _cell(entries)
+                    if cell.mean is not None:
+                        cell = dataclasses.replace(
+                            cell, trivial=trivial_reason(group.runs, model, column.key)
+                        )
+                    cells.append(cell)
+                    points += _points(label, model, variant, column, entries)
+                seeds = seed_order(mine.seed)
+                n = mine.run_id.nunique()
+                rows.append(Row(label, model, variant, seeds, n, tuple(cells), condition=condition))
+    rows = mark_best(sorted(rows, key=lambda r: r.condition or ""), columns)  # a condition's rows together
     floor, floor_notes = _floor_row(group, part, columns)
     rows += [floor] if floor else []
     published, published_notes = _published_rows(group, columns)
@@ -380,6 +424,19 @@ def _section_table(
         footnotes.setdefault(reason, len(footnotes) + 1)
     used = _distinct(c.na for r in rows if not r.floor for c in r.cells if c.mean is None)
     notes = _estimator_notes(part, columns) + _kind_notes(part) + floor_notes
+    notes += _distinct(c.trivial for r in rows for c in r.cells if c.trivial and c.mean is not None)
+    notes += [
+        f"{c.label}: the process's resident set on the CPU (the runtime included), not the model's; "
+        f"never bold"
+        for c in columns
+        if c.process
+    ]
+    if any(r.condition for r in rows):
+        notes.append(
+            "costs measured under different conditions (config.json: threads, device, precision, other "
+            "processes busy at the start) are never averaged: one row per condition; bold compares rows "
+            "of one condition only"
+        )
     notes += [
         f"{m}: {', '.join(dict.fromkeys(labels))} belong to the model, not to a sample mode, so they "
         f"repeat in each of its rows"
@@ -427,7 +484,8 @@ def build_group(group: Group) -> GroupTables:
             tables.append(table)
         elif table:
             notes.append(f"{title}: {table}")
-    return GroupTables(group, tuple(tables), (*notes, *_model_notes(group)))
+    condition = main_condition(cost_conditions(group.runs))
+    return GroupTables(group, tuple(tables), (*notes, *_model_notes(group)), condition)
 
 
 def build_tables(results: Results) -> list[GroupTables]:
@@ -471,6 +529,6 @@ def cell_text(cell: Cell, row: Row, footnotes: dict[str, int]) -> str:
         return "—" if row.floor else f"{NA} [{footnotes[cell.na]}]" if cell.na in footnotes else NA
     text = cell.mark + format_number(cell.mean)
     spread = cell.std if cell.std is not None or row.floor else cell.stderr
-    if spread is not None:
+    if spread:  # none for one value, and none for a constant: "300", not "300 ± 0.0"
         text += f" ± {spread_text(cell.mean, spread)}"
     return text + (f" (n={cell.n})" if not row.floor and 0 < cell.n < row.n else "")
