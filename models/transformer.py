@@ -145,18 +145,18 @@ class Transformer(GenerativeModel):
         """(B, C, H, W) -> (B, D) long in raster order, channels innermost."""
         return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1).long()
 
-    def embed(self, previous: Tensor, positions: slice) -> Tensor:
-        """Input embeddings (B, T, d) of the tokens at ``positions`` given the values before them
-        ``previous`` (B, T) (the start token at position 0)."""
+    def embed(self, values: Tensor, positions: slice) -> Tensor:
+        """Inputs (B, T, d) of the tokens at ``positions``: ``values`` (B, T, d), the value embeddings of
+        the tokens before them (the start token's at position 0), plus row, column and channel."""
         where = self.row.weight[self.rows[positions]] + self.col.weight[self.cols[positions]]
-        return self.value(previous) + where + self.channel.weight[self.channels[positions]]
+        return values + where + self.channel.weight[self.channels[positions]]
 
     def logits(self, x: Tensor) -> Tensor:
         """(B, C, H, W) uint8 -> (B, D, levels) float32 logits of each token given those before it."""
         self._check(x)
-        tokens = self.tokens(x)  # (B, D)
-        start = torch.full_like(tokens[:, :1], self.levels)
-        h = self.embed(torch.cat([start, tokens[:, :-1]], dim=1), slice(None))  # (B, D, d)
+        values = self.value(self.tokens(x))  # (B, D, d): token t's value embedding at t
+        start = self.value.weight[self.levels].expand(x.shape[0], 1, -1)  # (B, 1, d)
+        h = self.embed(torch.cat([start, values[:, :-1]], dim=1), slice(None))  # (B, D, d), shifted by one
         for block in self.blocks:
             h = block(h)
         return self.head(self.ln(h)).float()  # (B, D, levels)
@@ -193,11 +193,11 @@ class Transformer(GenerativeModel):
         caches = [_pair(shape, dtype, device) for _ in self.blocks] if cache else []
         for t in range(dims):
             if cache:
-                h = self.embed(tokens[:, t : t + 1], slice(t, t + 1))  # (n, 1, d)
+                h = self.embed(self.value(tokens[:, t : t + 1]), slice(t, t + 1))  # (n, 1, d)
                 for block, kv in zip(self.blocks, caches, strict=True):
                     h = block.step(h, kv, t)
             else:
-                h = self.embed(tokens[:, : t + 1], slice(0, t + 1))  # (n, t + 1, d)
+                h = self.embed(self.value(tokens[:, : t + 1]), slice(0, t + 1))  # (n, t + 1, d)
                 for block in self.blocks:
                     h = block(h)
             logits = self.head(self.ln(h[:, -1])).float()  # (n, levels)
