@@ -23,8 +23,8 @@ def family(request):
     return _smoke(request.param)
 
 
-def test_registry_holds_the_four_families():
-    assert {"vae", "gan", "pixelcnn", "flow"} <= set(models.MODELS)
+def test_registry_holds_the_seven_families():
+    assert {"vae", "gan", "pixelcnn", "transformer", "flow", "glow", "diffusion"} <= set(models.MODELS)
     assert models.get_model_class("realnvp") is models.get_model_class("flow")
 
 

@@ -41,6 +41,10 @@ def test_the_issues_numbers_are_there():
     values = {(e.dataset, e.metric, e.model): (e.value, e.spread) for e in PUBLISHED}
     for model, bpd in (("RealNVP", 1.06), ("Glow", 1.05), ("FFJORD", 0.99), ("Residual Flow", 0.97)):
         assert values["mnist", "bpd", model] == (bpd, None)
+    assert values["mnist", "bpd", "Transformer (softmax attention)"] == (0.621, None)
+    families = {(e.dataset, e.model): e.family for e in PUBLISHED}
+    assert families["mnist", "Glow"] == families["cifar10", "Glow"] == "glow"  # its own row, not RealNVP's
+    assert families["mnist", "Transformer (softmax attention)"] == "transformer"
     assert values["binarized-mnist", "nll_nats", "PixelCNN"][0] == 81.30
     assert values["binarized-mnist", "nll_nats", "Gated PixelCNN (reimplementation)"][0] == 81.50
     assert values["binarized-mnist", "iwae_nats", "IWAE (k=50)"][0] == 87.10
