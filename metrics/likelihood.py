@@ -15,7 +15,7 @@ IWAE_NLL = Output("iwae_nats", "IWAE NLL", "nats/image", False, "likelihood", 30
 IWAE_BPD = Output("iwae_bpd", "IWAE bits/dim", "bits/dim", False, "likelihood", 31)
 
 
-def _nll_values(
+def nll_values(
     nll: Tensor, ctx: EvalContext, nats: Output, bpd: Output, kind: str, estimator: str, k: int | None = None
 ) -> dict[str, Value]:
     dims = ctx.model.dims
@@ -41,7 +41,7 @@ def _nll_values(
 def likelihood(ctx: EvalContext) -> dict[str, Value]:
     """Exact NLL (PixelCNN, RealNVP) or a negative variational bound (VAE, diffusion)."""
     nll = -ctx.per_image(ctx.model.log_prob, ctx.test_images(), what="likelihood")
-    return _nll_values(nll, ctx, NLL, BPD, ctx.model.likelihood_kind(), ctx.model.likelihood_estimator())
+    return nll_values(nll, ctx, NLL, BPD, ctx.model.likelihood_kind(), ctx.model.likelihood_estimator())
 
 
 @register_metric("iwae", needs=("importance_weighted",), outputs=(IWAE_NLL, IWAE_BPD))
@@ -52,4 +52,4 @@ def iwae(ctx: EvalContext) -> dict[str, Value]:
     k = ctx.config.iwae_k
     images = ctx.test_images(ctx.config.iwae_images or ctx.config.n_test)
     nll = -ctx.per_image(lambda x: ctx.model.iwae_log_prob(x, k), images, batch_size=32, what=f"IWAE k={k}")
-    return _nll_values(nll, ctx, IWAE_NLL, IWAE_BPD, "estimate", f"IWAE, k={k}", k)
+    return nll_values(nll, ctx, IWAE_NLL, IWAE_BPD, "estimate", f"IWAE, k={k}", k)
