@@ -170,6 +170,8 @@ def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
 )
 @click.option("--n-test", type=click.IntRange(min=1), default=None, help="Test images (likelihood metrics).")
 @click.option("--iwae-k", type=click.IntRange(min=1), default=None, help="IWAE sample count k.")
+@click.option("--ais-steps", type=click.IntRange(min=1), default=None, help="AIS intermediate distributions.")
+@click.option("--ais-chains", type=click.IntRange(min=1), default=None, help="AIS chains per image.")
 @click.option(
     "--sampler-steps",
     type=click.IntRange(min=1),
@@ -194,8 +196,8 @@ def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
     help="--samples: folder for the result and the floors.  [default: results]",
 )
 def eval_(
-    run_dir, samples, key, dataset, profile, n_samples, networks, n_test, iwae_k, sampler_steps,
-    allow_few_samples, inception_weights, device, data_dir, cache_dir, name, results_dir,
+    run_dir, samples, key, dataset, profile, n_samples, networks, n_test, iwae_k, ais_steps, ais_chains,
+    sampler_steps, allow_few_samples, inception_weights, device, data_dir, cache_dir, name, results_dir,
 ) -> None:  # fmt: skip
     """Evaluate RUN_DIR's checkpoint under another protocol (the result goes to a new folder beside
     the run, RUN_DIR+eval-NAME; the run is never touched), or score --samples of a generator genbench
@@ -205,7 +207,8 @@ def eval_(
 
     request = scoring.EvalRequest(
         run_dir=run_dir, samples=samples, key=key, dataset=dataset, profile=profile, n_samples=n_samples,
-        networks=networks, n_test=n_test, iwae_k=iwae_k, sampler_steps=sampler_steps,
+        networks=networks, n_test=n_test, iwae_k=iwae_k, ais_steps=ais_steps, ais_chains=ais_chains,
+        sampler_steps=sampler_steps,
         allow_few_samples=allow_few_samples, inception_weights=inception_weights, device=device,
         data_dir=data_dir, cache_dir=cache_dir, name=name, results=results_dir,
     )  # fmt: skip
