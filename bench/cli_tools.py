@@ -142,6 +142,8 @@ def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
 @networks_option("Feature network (repeatable).  [default: the profile's for the dataset]")
 @click.option("--n-test", type=click.IntRange(min=1), default=None, help="Test images (likelihood metrics).")
 @click.option("--iwae-k", type=click.IntRange(min=1), default=None, help="IWAE sample count k.")
+@click.option("--ais-steps", type=click.IntRange(min=1), default=None, help="AIS intermediate distributions.")
+@click.option("--ais-chains", type=click.IntRange(min=1), default=None, help="AIS chains per image.")
 @click.option(
     "--sampler-steps",
     type=click.IntRange(min=1),
@@ -158,8 +160,8 @@ def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
 )
 @out_option("--samples: results folder for the result and the floors.  [default: results]", default=None)
 def eval_(
-    run_dir, samples, key, dataset, profile, n_samples, networks, n_test, iwae_k, sampler_steps, cache_dir,
-    name, out, **settings,
+    run_dir, samples, key, dataset, profile, n_samples, networks, n_test, iwae_k, ais_steps, ais_chains,
+    sampler_steps, cache_dir, name, out, **settings,
 ) -> None:  # fmt: skip
     """Evaluate RUN_DIR's checkpoint under another protocol (the result goes to a new folder beside
     the run, RUN_DIR+eval-NAME; the run is never touched), or score --samples of a generator genbench
@@ -170,7 +172,8 @@ def eval_(
 
     request = scoring.EvalRequest(
         run_dir=run_dir, samples=samples, key=key, dataset=dataset, profile=profile, n_samples=n_samples,
-        networks=networks, n_test=n_test, iwae_k=iwae_k, sampler_steps=sampler_steps,
+        networks=networks, n_test=n_test, iwae_k=iwae_k, ais_steps=ais_steps, ais_chains=ais_chains,
+        sampler_steps=sampler_steps,
         settings=RunSettings.from_options(**settings), cache_dir=cache_dir, name=name, results=out,
     )  # fmt: skip
     scoring.check_request(request)

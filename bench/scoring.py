@@ -55,6 +55,8 @@ class EvalRequest:
     networks: tuple[str, ...] = ()
     n_test: int | None = None
     iwae_k: int | None = None
+    ais_steps: int | None = None
+    ais_chains: int | None = None
     sampler_steps: int | None = None
     settings: RunSettings = RunSettings()  # device, data folder, allow_few_samples, inception_weights
     cache_dir: Path | None = None
@@ -73,6 +75,8 @@ def check_request(request: EvalRequest) -> None:
         wrong = {
             "--n-test": request.n_test,
             "--iwae-k": request.iwae_k,
+            "--ais-steps": request.ais_steps,
+            "--ais-chains": request.ais_chains,
             "--sampler-steps": request.sampler_steps,
         }
         what = "--samples (sample quality only)"
@@ -179,6 +183,7 @@ def reevaluate(request: EvalRequest, echo: Callable[..., None], data=None) -> tu
         base, plan.dataset, profile, request.networks, request.settings.allow_few_samples,
         request.settings.inception_weights,
         n_samples=request.n_samples, n_test=request.n_test, iwae_k=request.iwae_k,
+        ais_steps=request.ais_steps, ais_chains=request.ais_chains,
     )  # fmt: skip
     model_config = with_sampler_steps(plan.model, plan.model_config, request.sampler_steps)
     check_networks(evaluation, evaluation.n_samples)
@@ -214,6 +219,8 @@ def reevaluate(request: EvalRequest, echo: Callable[..., None], data=None) -> tu
         "n_samples": request.n_samples,
         "n_test": request.n_test,
         "iwae_k": request.iwae_k,
+        "ais_steps": request.ais_steps,
+        "ais_chains": request.ais_chains,
         "feature_networks": list(request.networks) or None,
         SAMPLER_STEPS_FIELD: request.sampler_steps,
         "allow_few_samples": request.settings.allow_few_samples or None,

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from genbench.core.distributed import derive_seed, map_batches, rank, world_size
 from genbench.core.schema import Output, Value
 
-NEEDS = ("samples", "likelihood", "importance_weighted", "reconstruct")
+NEEDS = ("samples", "likelihood", "importance_weighted", "reconstruct", "decoder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,15 +48,28 @@ class EvalConfig:
     subset_seed: int = 0  # the seeded random test subset (the same for every model and metric)
     allow_few_samples: bool = False  # FID with fewer samples than feature dimensions
     inception_weights: str | None = None  # torch-fidelity's Inception weights file; None: found locally
+    # Annealed importance sampling (metrics/ais.py) of models with a decoder p(x | z): the first
+    # ais_images of the test subset, ais_chains chains each, ais_steps intermediate distributions,
+    # HMC with ais_leapfrog leapfrog steps; BDMC on bdmc_images images drawn from the model (0: none);
+    # a decoder's free noise scale (the GAN's σ) chosen on ais_select_images validation images.
+    ais_images: int = 100
+    ais_chains: int = 16
+    ais_steps: int = 1000
+    ais_leapfrog: int = 10
+    bdmc_images: int = 0
+    ais_select_images: int = 20
 
     def __post_init__(self) -> None:
         for name in ("n_test", "iwae_images"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        for name in ("iwae_k", "n_samples", "batch_size"):
+        ais = ("ais_images", "ais_chains", "ais_steps", "ais_leapfrog", "ais_select_images")
+        for name in ("iwae_k", "n_samples", "batch_size", *ais):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.bdmc_images < 0:
+            raise ValueError(f"bdmc_images must be non-negative, got {self.bdmc_images}")
         if self.cuda_sample_batch_size is not None and self.cuda_sample_batch_size < 1:
             raise ValueError(f"cuda_sample_batch_size must be at least 1, got {self.cuda_sample_batch_size}")
 
@@ -68,11 +81,46 @@ class EvalConfig:
 
 
 EVAL_PROFILES: dict[str, EvalConfig] = {
-    "smoke": EvalConfig(n_test=256, iwae_k=8, iwae_images=64, n_samples=256),
-    "quick": EvalConfig(n_test=2000, iwae_k=100, iwae_images=500, n_samples=1000),
-    # 5 sampling calls on a GPU instead of 40 (PixelCNN: ~11 GB of caches at the full size)
+    "smoke": EvalConfig(
+        n_test=256,
+        iwae_k=8,
+        iwae_images=64,
+        n_samples=256,
+        ais_images=8,
+        ais_chains=4,
+        ais_steps=20,
+        ais_leapfrog=2,
+        bdmc_images=4,
+        ais_select_images=4,
+    ),
+    # AIS at about 90k decoder evaluations (forward and backward) of one image per family: ~1 minute
+    # for the GAN, ~2 for the VAE on 2 idle CPU cores (README, "Likelihood")
+    "quick": EvalConfig(
+        n_test=2000,
+        iwae_k=100,
+        iwae_images=500,
+        n_samples=1000,
+        ais_images=50,
+        ais_chains=4,
+        ais_steps=100,
+        ais_leapfrog=3,
+        bdmc_images=10,
+        ais_select_images=10,
+    ),
+    # 5 sampling calls on a GPU instead of 40 (PixelCNN: ~11 GB of caches at the full size); AIS at
+    # Wu et al.'s budget (16 chains, 10,000 intermediate distributions, 10 leapfrog steps)
     "full": EvalConfig(
-        n_test=None, iwae_k=1000, iwae_images=1000, n_samples=10_000, cuda_sample_batch_size=2000
+        n_test=None,
+        iwae_k=1000,
+        iwae_images=1000,
+        n_samples=10_000,
+        cuda_sample_batch_size=2000,
+        ais_images=500,
+        ais_chains=16,
+        ais_steps=10_000,
+        ais_leapfrog=10,
+        bdmc_images=100,
+        ais_select_images=100,
     ),
 }
 
@@ -233,6 +281,8 @@ def missing_capability(model, needs: frozenset[str]) -> str | None:
         if model.likelihood is None:
             return f"{model.name} has no likelihood"
         return f"{model.name} has no importance-weighted estimate ({model.likelihood} likelihood)"
+    if "decoder" in needs and not model.has_decoder:
+        return f"{model.name} has no latent decoder p(x | z) to anneal through"
     if "reconstruct" in needs and not model.can_reconstruct:
         return f"{model.name} cannot reconstruct"
     return None

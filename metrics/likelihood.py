@@ -39,7 +39,7 @@ def check_possible(nll: Tensor, model, what: str) -> None:
         )
 
 
-def _nll_values(
+def nll_values(
     nll: Tensor, ctx: EvalContext, nats: Output, bpd: Output, kind: str, estimator: str, k: int | None = None
 ) -> dict[str, Value]:
     check_possible(nll, ctx.model, nats.label)
@@ -74,7 +74,7 @@ def likelihood(ctx: EvalContext) -> dict[str, Value]:
     """The NLL (PixelCNN), or a Monte-Carlo estimate of a bound on it (VAE, flow, diffusion), with the
     kind and estimator the model states."""
     nll = -ctx.per_image(ctx.model.log_prob, ctx.test_images(), what="likelihood")
-    return _nll_values(nll, ctx, NLL, BPD, ctx.model.likelihood_kind(), ctx.model.likelihood_estimator())
+    return nll_values(nll, ctx, NLL, BPD, ctx.model.likelihood_kind(), ctx.model.likelihood_estimator())
 
 
 @register_metric("iwae", needs=("importance_weighted",), outputs=(IWAE_NLL, IWAE_BPD))
@@ -85,4 +85,4 @@ def iwae(ctx: EvalContext) -> dict[str, Value]:
     k = ctx.config.iwae_k
     images = ctx.test_images(ctx.config.iwae_images or ctx.config.n_test)
     nll = -ctx.per_image(lambda x: ctx.model.iwae_log_prob(x, k), images, batch_size=32, what=f"IWAE k={k}")
-    return _nll_values(nll, ctx, IWAE_NLL, IWAE_BPD, "estimate", ctx.model.iwae_estimator(k), k)
+    return nll_values(nll, ctx, IWAE_NLL, IWAE_BPD, "estimate", ctx.model.iwae_estimator(k), k)

@@ -151,6 +151,11 @@ def bits_per_dim(nats_per_image: Tensor | float, dims: int) -> Tensor | float:
     return nats_per_image / (dims * math.log(2.0))
 
 
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """log N(z; 0, I) of each row of z (N, Z) -> (N,)."""
+    return -0.5 * (math.log(2 * math.pi) + z.pow(2)).sum(-1)
+
+
 def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
     """Spherical interpolation between rows of z0 and z1 (P, D) at fractions t (S,) -> (P, S, D).
 
@@ -190,6 +195,10 @@ class GenerativeModel(nn.Module, abc.ABC):
     * ``can_reconstruct``: ``reconstruct(x)`` exists.
     * ``can_interpolate``: ``prior_latents`` and ``decode_latents`` exist, so ``interpolate``
       draws spherical paths between prior latents.
+    * ``has_decoder``: a latent-variable model p(x) = ∫ p(z) p(x | z) dz whose parts can be
+      evaluated: ``prior_latents``, ``prior_log_prob``, ``decoder_log_prob``, ``decoder_sample``
+      (and ``decoder_noise_grid``/``decoder_description`` where the decoder has a free noise
+      scale). Annealed importance sampling (metrics/ais.py) estimates log p(x) through them.
 
     The config is a frozen dataclass with ``image_shape`` (C, H, W) and ``levels`` (intensity
     levels per pixel; 256 for 8-bit data): the single source of D for bits/dim everywhere.
@@ -202,6 +211,7 @@ class GenerativeModel(nn.Module, abc.ABC):
     # reconstruct() inverts a bijection: its reconstruction error is zero by construction, not a finding
     invertible: ClassVar[bool] = False
     can_interpolate: ClassVar[bool] = False
+    has_decoder: ClassVar[bool] = False
     Config: ClassVar[type]
     profiles: ClassVar[dict[str, Profile]]
 
@@ -310,6 +320,32 @@ class GenerativeModel(nn.Module, abc.ABC):
         images = self.decode_latents(z)  # (P*S, C, H, W)
         return images.reshape(n_pairs, steps, *images.shape[1:])
 
+    # --- the decoder p(x | z) of a latent-variable model (has_decoder) ---------------------------
+    def prior_log_prob(self, z: Tensor) -> Tensor:
+        """log p(z) per latent (N, ...) -> (N,), differentiable in z; required when has_decoder."""
+        raise NotImplementedError(f"{self.name} has no latent decoder")
+
+    def decoder_log_prob(self, x: Tensor, z: Tensor, noise: float | None = None) -> Tensor:
+        """log p(x | z) in nats per image of the discrete image x (N, C, H, W) given latents z (N, ...),
+        differentiable in z; ``noise`` is one of ``decoder_noise_grid()`` where that is not empty.
+        Required when has_decoder."""
+        raise NotImplementedError(f"{self.name} has no latent decoder")
+
+    def decoder_sample(
+        self, z: Tensor, noise: float | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """An exact draw x ~ p(x | z) as uint8 (N, C, H, W); required when has_decoder."""
+        raise NotImplementedError(f"{self.name} has no latent decoder")
+
+    def decoder_noise_grid(self) -> tuple[float, ...]:
+        """The values of the decoder's free noise scale to choose from on validation images (a GAN's
+        σ); empty when the decoder has none (it was trained with its own)."""
+        return ()
+
+    def decoder_description(self, noise: float | None = None) -> str:
+        """What p(x | z) is, for the protocol of the numbers computed through it."""
+        return "the model's own decoder"
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -364,7 +400,10 @@ def register_model(name: str, aliases: tuple[str, ...] = (), origin: str | None 
             "log_prob": cls.likelihood is not None,
             "iwae_log_prob": cls.importance_weighted,
             "reconstruct": cls.can_reconstruct,
-            "prior_latents": cls.can_interpolate,
+            "prior_latents": cls.can_interpolate or cls.has_decoder,
+            "prior_log_prob": cls.has_decoder,
+            "decoder_log_prob": cls.has_decoder,
+            "decoder_sample": cls.has_decoder,
             "decode_latents": cls.can_interpolate,
         }
         for method, needed in overrides.items():

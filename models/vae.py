@@ -18,7 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genbench.models.base import GenerativeModel, TrainConfig, register_model, to_uint8
+from genbench.models.base import (
+    GenerativeModel,
+    TrainConfig,
+    register_model,
+    standard_normal_log_prob,
+    to_uint8,
+)
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -126,6 +132,7 @@ class VAE(GenerativeModel):
     importance_weighted = True
     can_reconstruct = True
     can_interpolate = True
+    has_decoder = True
     Config = VAEConfig
     profiles = {"smoke": _smoke, "quick": _quick, "full": _full}
 
@@ -240,7 +247,7 @@ class VAE(GenerativeModel):
             z = mu + eps * std  # (m, B, Z)
             params = self.decode(z.flatten(0, 1))  # (m*B, H, W) each
             log_px = self._log_px_given_z(params, x.repeat(m, 1, 1, 1)).view(m, -1)  # (m, B)
-            log_pz = -0.5 * (LOG_2PI + z.pow(2)).sum(-1)  # (m, B)
+            log_pz = standard_normal_log_prob(z)  # (m, B)
             log_qz = _gaussian_log_density(z, mu, logvar)  # (m, B)
             log_w.append(log_px + log_pz - log_qz)
         return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k)  # (B,)
@@ -265,6 +272,21 @@ class VAE(GenerativeModel):
 
     def prior_latents(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, self.config.latent_dim, device=self.device, generator=generator)  # (n, Z)
+
+    def prior_log_prob(self, z: Tensor) -> Tensor:
+        return standard_normal_log_prob(z)
+
+    def decoder_log_prob(self, x: Tensor, z: Tensor, noise: float | None = None) -> Tensor:
+        return self._log_px_given_z(self.decode(z), x)
+
+    def decoder_sample(
+        self, z: Tensor, noise: float | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        with torch.no_grad():
+            return self._decode_images(z, "sample", generator)
+
+    def decoder_description(self, noise: float | None = None) -> str:
+        return "the VAE's own decoder (discretized logistic per pixel)"
 
     def decode_latents(self, z: Tensor) -> Tensor:
         return self._decode_images(z, "mean")

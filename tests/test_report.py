@@ -442,7 +442,7 @@ def test_every_output_written_and_nothing_half_written(rendered):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     latex = (out / "summary.tex").read_text()
-    assert latex.count("\\begin{table}") == latex.count("\\end{table}") == 5  # 3 + 2 sections (no likelihood)
+    assert latex.count("\\begin{table}") == latex.count("\\end{table}") == 6  # 3 + 3 (GAN-only group: AIS)
     assert "\\bfseries" in latex and "$\\leq$ 91.00 $\\pm$ 1.00" in latex
     runs_csv = pd.read_csv(out / "runs.csv")
     assert len(runs_csv) == runs_csv[["run_id", "key"]].drop_duplicates().shape[0]
