@@ -11,11 +11,12 @@ import pytest
 import torch
 from conftest import fake_mnist
 
+from genbench.bench import plan as plans
 from genbench.bench import report, scoring
 from genbench.bench import run as runs
 from genbench.bench.report import tables
-from genbench.bench.run import UsageError
 from genbench.bench.train import RunOptions
+from genbench.core.errors import UsageError
 from genbench.core.files import read_json
 from genbench.metrics.ais import AIS_BPD, AIS_NLL, BDMC_GAP
 from genbench.metrics.base import EVAL_PROFILES
@@ -28,7 +29,7 @@ CPU = RunOptions(device=torch.device("cpu"), progress=False)
 def gan_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
     evaluation = {"n_samples": 32, "n_test": 64, "allow_few_samples": True}
-    plan = runs.plan("gan", "smoke", 0, {"epochs": 4}, evaluation)  # 30 steps: not collapsed
+    plan = plans.plan("gan", "smoke", 0, {"epochs": 4}, evaluation)  # 30 steps: not collapsed
     run_dir = runs.start(plan, CPU, out, name="ais")
     runs.execute(run_dir, fake_mnist(n_train=256, n_val=64, n_test=256), CPU, cache_dir=out / ".cache")
     return run_dir
