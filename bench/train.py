@@ -345,6 +345,10 @@ class Trainer:
             self._validate()
             stop.phase = "training"
         with stop.deferring("training"):
+            # A time budget spans epochs: one spent by the epoch's end (or its validation) ends
+            # training here, at this step boundary, rather than after the next epoch's first step.
+            if not state.finished and self._agree(stop, budget=True)[1]:
+                state.finished, state.budget_stop_s = True, self._wall_time()
             if not state.finished:
                 state.epoch += 1
                 state.batch_in_epoch = 0

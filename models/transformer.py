@@ -112,8 +112,7 @@ class Transformer(GenerativeModel):
                 val_images=5000,
                 checkpoint_every=2000,
                 warmup_steps=1000,
-                schedule="cosine",
-                grad_clip=1.0,
+                grad_clip=1.0,  # constant after warm-up, like every family: a time budget can end it
             ),
         ),  # fmt: skip
     }

@@ -581,9 +581,11 @@ def test_published_results_are_reference_rows_beside_the_protocol_they_match(res
     table = md_table(markdown, MAIN, "Likelihood and reconstruction")
     assert table.loc["*published: Residual Flow (source 1)*", header] == "0.9700"
     assert "**" not in table.loc["*published: Residual Flow (source 1)*", header]  # below ours, not best
-    # One numbered list of sources: the four rows from one paper share one entry.
+    # One numbered list of sources: the four rows from one paper share one entry (Katharopoulos et al.'s
+    # transformer is the second source of 8-bit MNIST bits/dim).
     notes = [n for n in groups[0].section("likelihood").notes if n.startswith("published source")]
-    assert len(notes) == 1 and notes[0].startswith("published source 1: Chen, Behrmann")
+    assert len(notes) == 2 and notes[0].startswith("published source 1: Chen, Behrmann")
+    assert notes[1].startswith("published source 2: Katharopoulos")
     assert "protocol match: approximate" in notes[0]
     # the same run on binarized MNIST: the binarized literature (nats per image) instead
     copy = tmp_path / "results"
