@@ -193,5 +193,7 @@ def test_list_shows_models_and_capabilities():
     result = invoke("list")
     assert result.exit_code == 0
     assert (
-        "vae" in result.output and "likelihood=estimate" in result.output and "aliases=realnvp" in result.output
+        "vae" in result.output
+        and "likelihood=estimate" in result.output
+        and "aliases=realnvp" in result.output
     )
