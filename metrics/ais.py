@@ -31,12 +31,16 @@ from torch import Tensor
 from genbench.core.distributed import derive_seed, map_batches
 from genbench.core.schema import Output, Value
 from genbench.metrics.base import EvalConfig, EvalContext, register_metric
-from genbench.metrics.likelihood import nll_values
+from genbench.metrics.likelihood import IWAE_NLL, NLL, nll_values
 
 AIS_NLL = Output("ais_nats", "AIS NLL", "nats/image", False, "likelihood", 40)
 AIS_BPD = Output("ais_bpd", "AIS bits/dim", "bits/dim", False, "likelihood", 41)
 # Neither better nor worse for the model: how loose the estimator is at this budget.
 BDMC_GAP = Output("bdmc_gap_nats", "BDMC gap", "nats/image", None, "likelihood", 42)
+# Bounds on one model's NLL from the loosest to the tightest: the ELBO's, IWAE's (k >= 1 draws from the
+# encoder) and AIS's (annealed from the prior). Each is at least the next in expectation, so a
+# reversal beyond the noise says an estimator, or its budget, is wrong.
+NESTED_BOUNDS = (NLL, IWAE_NLL, AIS_NLL)
 
 SIGMOID_DELTA = 4.0  # the schedule's steepness (Grosse et al. 2015, Wu et al. 2017)
 TARGET_ACCEPTANCE = 0.65

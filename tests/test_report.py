@@ -504,8 +504,9 @@ def test_nearest_neighbour_panel_skipped_without_training_images(results, tmp_pa
 
 def test_report_reads_the_schema_not_key_names():
     """The report's modules import from core.schema only its public names and from metrics only the
-    literature table (data matched on the protocol block; it says nothing of what a metric means) and
-    the reconstruction outputs, whose keys mark an invertible model's trivially exact cells."""
+    literature table (data matched on the protocol block; it says nothing of what a metric means),
+    the reconstruction outputs, whose keys mark an invertible model's trivially exact cells, and the
+    likelihood bounds that must order."""
     allowed = {
         "SECTIONS",
         "PROTOCOL_LABELS",
@@ -520,7 +521,8 @@ def test_report_reads_the_schema_not_key_names():
             if isinstance(node, ast.ImportFrom) and node.module:
                 if node.module.startswith("genbench.metrics"):
                     expected = {"genbench.metrics.published": {"published_for"},
-                                "genbench.metrics.reconstruction": {"MSE", "BCE"}}  # fmt: skip
+                                "genbench.metrics.reconstruction": {"MSE", "BCE"},
+                                "genbench.metrics.ais": {"NESTED_BOUNDS"}}  # fmt: skip
                     assert {a.name for a in node.names} <= expected.get(node.module, set()), path
                 if node.module == "genbench.core.schema":
                     assert {a.name for a in node.names} <= allowed, path
@@ -598,3 +600,23 @@ def test_published_results_are_reference_rows_beside_the_protocol_they_match(res
     rows = binarized[binarized.section == "likelihood"].set_index("row")
     assert rows.loc["published: PixelCNN (source 1)", f"{NLL.key}_mean"] == 81.30
     assert not any(label.startswith("published: RealNVP") for label in rows.index)
+
+
+def test_nested_bounds_say_whether_they_order_up_to_noise():
+    """ELBO ≥ IWAE ≥ AIS (NLL, nats): the note says it holds within the noise, and names a reversal
+    beyond it (an AIS NLL above the ELBO's); swapping the order's direction fails this."""
+    from genbench.bench.report.orders import order_notes
+    from genbench.metrics.ais import AIS_NLL
+
+    def part(elbo, iwae, ais, stderr=0.5):
+        keys = (NLL.key, IWAE_NLL.key, AIS_NLL.key)
+        return pd.DataFrame(
+            {"model": "vae", "key": keys, "value": (elbo, iwae, ais), "stderr": (stderr,) * 3}
+        )
+
+    holds = order_notes(part(100.0, 98.0, 97.5))
+    assert holds == ["vae: NLL ≥ IWAE NLL ≥ AIS NLL holds up to noise (2 standard errors)"]
+    assert order_notes(part(100.0, 100.5, 100.9)) == holds  # reversals within 2 standard errors: noise
+    broken = order_notes(part(100.0, 98.0, 104.0))
+    assert len(broken) == 1 and "AIS NLL 104.00 is above IWAE NLL 98.00 by 6.00 nats" in broken[0]
+    assert order_notes(part(100.0, math.nan, math.nan)) == []  # one bound: nothing to order

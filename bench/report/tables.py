@@ -26,6 +26,7 @@ from genbench.bench.report.comparable import (
     trivial_reason,
 )
 from genbench.bench.report.load import Group, Results
+from genbench.bench.report.orders import order_notes
 from genbench.core.schema import KIND_MARKS, KINDS, PROTOCOL_LABELS, SECTIONS
 from genbench.metrics.published import published_for
 
@@ -423,7 +424,7 @@ def _section_table(
     for reason in _distinct(c.na for r in rows if not r.floor for c in r.cells if c.mean is None):
         footnotes.setdefault(reason, len(footnotes) + 1)
     used = _distinct(c.na for r in rows if not r.floor for c in r.cells if c.mean is None)
-    notes = _estimator_notes(part, columns) + _kind_notes(part) + floor_notes
+    notes = _estimator_notes(part, columns) + _kind_notes(part) + order_notes(part) + floor_notes
     notes += _distinct(c.trivial for r in rows for c in r.cells if c.trivial and c.mean is not None)
     notes += [
         f"{c.label}: the process's resident set on the CPU (the runtime included), not the model's; "
