@@ -83,10 +83,13 @@ def test_inverse_of_forward_is_identity(config):
     assert (model.flow(model.flow_inverse(z))[0] - z).abs().max() < 1e-8
 
 
-def test_inverse_smoke_profile_28x28_after_actnorm_init():
-    config, _ = RealNVP.profiles["smoke"]()
+@pytest.mark.parametrize("family", ["flow", "glow"])
+def test_inverse_smoke_profile_28x28_after_actnorm_init(family):
+    """RealNVP's smoke profile, and Glow's (which replaces only the stack of invertible layers)."""
+    cls = get_model_class(family)
+    config, _ = cls.profiles["smoke"]()
     torch.manual_seed(0)
-    model = RealNVP(config)
+    model = cls(config)
     model.train()
     model.loss(images(16, 28))  # data-dependent act norm init
     with torch.no_grad():
