@@ -172,6 +172,42 @@ def training_summary(run_dir: Path, config: dict[str, Any], plan, state: dict[st
     return summary
 
 
+def _checkpoint_source(run_dir: Path, loaded, out_dir: Path) -> dict[str, Any]:
+    """What was evaluated: the run's checkpoint (relative to the new folder), its hash and step."""
+    return {
+        "kind": "checkpoint",
+        "run_id": run_dir.name,
+        "path": os.path.relpath(loaded.checkpoint, out_dir),
+        "sha256": files.file_sha256(loaded.checkpoint),
+        "step": loaded.state.get("step"),
+        "finished": loaded.state.get("finished"),
+    }
+
+
+def _evaluation_record(request: EvalRequest, evaluation: EvalConfig, device: torch.device) -> dict[str, Any]:
+    """config.json's "evaluation": the options that changed the protocol, and where it ran."""
+    overrides = {
+        "profile": request.profile,
+        "n_samples": request.n_samples,
+        "n_test": request.n_test,
+        "iwae_k": request.iwae_k,
+        "ais_steps": request.ais_steps,
+        "ais_chains": request.ais_chains,
+        "feature_networks": list(request.networks) or None,
+        SAMPLER_STEPS_FIELD: request.sampler_steps,
+        "allow_few_samples": request.settings.allow_few_samples or None,
+        "inception_weights": evaluation.inception_weights if request.settings.inception_weights else None,
+    }
+    return {
+        "overrides": {k: v for k, v in overrides.items() if v is not None},
+        "device": device.type,
+        "device_name": device_name(device),
+        "git_commit": results.git_commit(),
+        "versions": results.versions(),
+        "command": sys.argv,
+    }
+
+
 def reevaluate(request: EvalRequest, echo: Callable[..., None], data=None) -> tuple[dict[str, Any], Path]:
     """Evaluate a run's checkpoint under the requested protocol into a new folder beside it; returns
     metrics.json's content and the folder. ``data``: the dataset, when the caller has it loaded."""
@@ -200,32 +236,13 @@ def reevaluate(request: EvalRequest, echo: Callable[..., None], data=None) -> tu
         data = load_dataset(plan.dataset, data_dir, device=device)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
-    source = {
-        "kind": "checkpoint",
-        "run_id": run_dir.name,
-        "path": os.path.relpath(loaded.checkpoint, out_dir),
-        "sha256": files.file_sha256(loaded.checkpoint),
-        "step": loaded.state.get("step"),
-        "finished": loaded.state.get("finished"),
-    }
+    source = _checkpoint_source(run_dir, loaded, out_dir)
     if not source["finished"]:
         step = source["step"]
         echo(
             f"note: {run_dir.name} has not finished training; evaluating its step {step} checkpoint", err=True
         )
     summary = training_summary(run_dir, config, plan, loaded.state)
-    overrides = {
-        "profile": request.profile,
-        "n_samples": request.n_samples,
-        "n_test": request.n_test,
-        "iwae_k": request.iwae_k,
-        "ais_steps": request.ais_steps,
-        "ais_chains": request.ais_chains,
-        "feature_networks": list(request.networks) or None,
-        SAMPLER_STEPS_FIELD: request.sampler_steps,
-        "allow_few_samples": request.settings.allow_few_samples or None,
-        "inception_weights": evaluation.inception_weights if request.settings.inception_weights else None,
-    }
     try:
         out_dir.mkdir()
     except OSError as exc:
@@ -240,14 +257,7 @@ def reevaluate(request: EvalRequest, echo: Callable[..., None], data=None) -> tu
             "checkpoint": source["path"],
             "model_config": model_config,
             "eval_config": evaluation,
-            "evaluation": {
-                "overrides": {k: v for k, v in overrides.items() if v is not None},
-                "device": device.type,
-                "device_name": device_name(device),
-                "git_commit": results.git_commit(),
-                "versions": results.versions(),
-                "command": sys.argv,
-            },
+            "evaluation": _evaluation_record(request, evaluation, device),
         },
     )
     results.set_status(out_dir, "running")

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from genbench.bench.report.load import Run
-from genbench.bench.report.tables import FLOOR_LABEL, NA, Column, GroupTables, Table, format_number
+from genbench.bench.report.tables import FLOOR_LABEL, NA, Cell, Column, GroupTables, Row, Table, format_number
 from genbench.core.schema import KIND_MARKS
 
 RC = {
@@ -130,13 +130,40 @@ def _grid_shape(n: int) -> tuple[int, int]:
     return math.ceil(n / ncols), ncols
 
 
+def _hatch_bounds(ax, labels: Sequence[str], marked: set[str], handles: dict[str, Any]) -> None:
+    """Hatch the bars of bounds and estimates (rows whose cell carries a ≤ mark), with a legend entry."""
+    from matplotlib.patches import Patch
+
+    for patch in ax.patches:
+        index = round(patch.get_x() + patch.get_width() / 2)
+        if 0 <= index < len(labels) and labels[index] in marked:
+            patch.set_hatch("///")
+            patch.set_edgecolor("0.25")
+            handles["bound"] = Patch(
+                facecolor="white", edgecolor="0.25", hatch="///", label="upper bound on the NLL (≤)"
+            )
+
+
+def _value_axis(ax, values: pd.Series, floor_value: float | None, log: bool) -> None:
+    """A non-negative metric's axis from 0 (below it only for a negative floor: KID's can be), and
+    tick labels that read as numbers."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    if not log and len(values) and values.min() >= 0:
+        top = max(ax.get_ylim()[1], (floor_value or 0) * 1.08)
+        ax.set_ylim(min(0.0, 1.3 * (floor_value or 0)), top if top > 0 else 1)
+    if log:  # plain tick labels: mathtext ($10^{3}$) is most of a log panel's drawing time
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    elif len(values) and values.abs().max() >= 1e4:
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: format_number(v)))
+
+
 def plot_metric_bars(group: str, table: Table, colours: dict[str, Any]) -> Rendered | Skipped:
     """One panel per column: mean bars with ± std error bars (seaborn), one dot per seed, the floor
     as a dashed line; bars of bounds and estimates hatched."""
     import seaborn as sns
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     title = f"{table.title} per model ({group})"
     rows = [r for r in table.rows if not r.floor]
@@ -172,15 +199,7 @@ def plot_metric_bars(group: str, table: Table, colours: dict[str, Any]) -> Rende
             else:
                 sns.barplot(**common, **bar, err_kws={"linewidth": 1.3})
             sns.stripplot(**common, color="0.15", size=3.5, jitter=0.12, zorder=5)
-            marked = {r.label for r in rows if r.cells[j].mark}
-            for patch in ax.patches:
-                index = round(patch.get_x() + patch.get_width() / 2)
-                if 0 <= index < len(labels) and labels[index] in marked:
-                    patch.set_hatch("///")
-                    patch.set_edgecolor("0.25")
-                    handles["bound"] = Patch(
-                        facecolor="white", edgecolor="0.25", hatch="///", label="upper bound on the NLL (≤)"
-                    )
+            _hatch_bounds(ax, labels, {r.label for r in rows if r.cells[j].mark}, handles)
             for i, row in enumerate(rows):
                 if row.cells[j].mean is None:
                     drawn.add("na")
@@ -190,16 +209,7 @@ def plot_metric_bars(group: str, table: Table, colours: dict[str, Any]) -> Rende
             if floor_value is not None:
                 ax.axhline(floor_value, color="0.3", linestyle="--", linewidth=1.3)
                 handles["floor"] = Line2D([], [], color="0.3", linestyle="--", label=FLOOR_LABEL)
-            if not log and len(data) and data.value.min() >= 0:  # no negative axis for a non-negative metric
-                top = max(ax.get_ylim()[1], (floor_value or 0) * 1.08)
-                ax.set_ylim(
-                    min(0.0, 1.3 * (floor_value or 0)), top if top > 0 else 1
-                )  # KID's floor can be < 0
-            if log:  # plain tick labels: mathtext ($10^{3}$) is most of a log panel's drawing time
-                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-                ax.yaxis.set_minor_formatter(NullFormatter())
-            elif len(data) and data.value.abs().max() >= 1e4:
-                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: format_number(v)))
+            _value_axis(ax, data.value, floor_value, log)
             ax.set_title(column.label)
             ax.set_ylabel(_axis_label(column))
             ax.set_xlabel("")
@@ -274,6 +284,32 @@ def label_points(
                     color=colour, fontweight="bold")  # fmt: skip
 
 
+def _speed_points(group: GroupTables, speed: Column) -> list[tuple[Row, Cell, Cell]]:
+    """(row, throughput cell, quality cell) of each model row with both, at the group's condition."""
+    quality, cost = group.section("quality"), group.section("cost")
+    points = []
+    for row in (r for r in quality.rows if not r.floor):
+        other = cost.row(row.model, row.variant, group.condition)
+        x, y = other.cells[cost.columns.index(speed)] if other else None, row.cells[0]
+        if x is not None and x.mean and y.mean is not None:
+            points.append((row, x, y))
+    return points
+
+
+def _draw_front(ax, xy: list[tuple[float, float]], lower_is_better: bool) -> Any:
+    """The Pareto front of the points as a dotted step line through circled points; its legend handle."""
+    from matplotlib.lines import Line2D
+
+    front = pareto_front(xy, lower_is_better=lower_is_better)
+    fx, fy = [xy[i][0] for i in front], [xy[i][1] for i in front]
+    ax.step(fx, fy, where="post", color="0.3", linestyle=":", linewidth=1.5, zorder=2)
+    ax.scatter(fx, fy, s=280, facecolors="none", edgecolors="0.2", linewidths=1.3, zorder=3)
+    return Line2D(
+        [], [], marker="o", markersize=14, markerfacecolor="none", markeredgecolor="0.2", color="0.3",
+        linestyle=":", label="Pareto front",
+    )  # fmt: skip
+
+
 def plot_quality_speed(group: GroupTables, colours: dict[str, Any]) -> Rendered | Skipped:
     """The first sample-quality column (by order) against each throughput column (cost columns where
     higher is better), per (model, variant) row, with the Pareto front."""
@@ -287,16 +323,7 @@ def plot_quality_speed(group: GroupTables, colours: dict[str, Any]) -> Rendered 
     if not speeds:
         return Skipped(title, "no training or sampling throughput in this group")
     score = quality.columns[0]
-    panels = []
-    for speed in speeds:
-        points = []
-        for row in (r for r in quality.rows if not r.floor):
-            other = cost.row(row.model, row.variant, group.condition)
-            x, y = other.cells[cost.columns.index(speed)] if other else None, row.cells[0]
-            if x is not None and x.mean and y.mean is not None:
-                points.append((row, x, y))
-        if points:
-            panels.append((speed, points))
+    panels = [(speed, points) for speed in speeds if (points := _speed_points(group, speed))]
     if max((len(p) for _, p in panels), default=0) < 2:
         return Skipped(title, f"fewer than two models have both {score.label} and a throughput")
     floor = next((r.cells[0].mean for r in quality.rows if r.real_floor), None)
@@ -319,21 +346,7 @@ def plot_quality_speed(group: GroupTables, colours: dict[str, Any]) -> Rendered 
                     zorder=4,
                 )
             xy = [(x.mean, y.mean) for _, x, y in points]
-            front = pareto_front(xy, lower_is_better=score.higher_is_better is not True)
-            fx, fy = [xy[i][0] for i in front], [xy[i][1] for i in front]
-            ax.step(fx, fy, where="post", color="0.3", linestyle=":", linewidth=1.5, zorder=2)
-            ax.scatter(fx, fy, s=280, facecolors="none", edgecolors="0.2", linewidths=1.3, zorder=3)
-            handles["front"] = Line2D(
-                [],
-                [],
-                marker="o",
-                markersize=14,
-                markerfacecolor="none",
-                markeredgecolor="0.2",
-                color="0.3",
-                linestyle=":",
-                label="Pareto front",
-            )
+            handles["front"] = _draw_front(ax, xy, lower_is_better=score.higher_is_better is not True)
             if floor is not None:
                 ax.axhline(floor, color="0.3", linestyle="--", linewidth=1.3, zorder=1)
                 handles["floor"] = Line2D([], [], color="0.3", linestyle="--", label=FLOOR_LABEL)

@@ -370,6 +370,41 @@ def _points(label: str, model: str, variant: str | None, column: Column, entries
     ]  # fmt: skip
 
 
+def _table_notes(
+    part: pd.DataFrame,
+    columns: Sequence[Column],
+    rows: Sequence[Row],
+    shared: dict[str, list[str]],
+    floor_notes: list[str],
+    published_notes: list[str],
+    unmeasured: Sequence[Column],
+) -> list[str]:
+    """The notes under a section's table, in order: estimators, kinds, bound orders, the floor,
+    trivial and process-level cells, conditions, model-level numbers, published sources, the rest."""
+    notes = _estimator_notes(part, columns) + _kind_notes(part) + order_notes(part) + floor_notes
+    notes += _distinct(c.trivial for r in rows for c in r.cells if c.trivial and c.mean is not None)
+    notes += [
+        f"{c.label}: the process's resident set on the CPU (the runtime included), not the model's; "
+        f"never bold"
+        for c in columns
+        if c.process
+    ]
+    if any(r.condition for r in rows):
+        notes.append(
+            "costs measured under different conditions (config.json: threads, device, precision, other "
+            "processes busy at the start) are never averaged: one row per condition; bold compares rows "
+            "of one condition only"
+        )
+    notes += [
+        f"{m}: {', '.join(dict.fromkeys(labels))} belong to the model, not to a sample mode, so they "
+        f"repeat in each of its rows"
+        for m, labels in shared.items()
+        if sum(r.model == m for r in rows) > 1
+    ]
+    notes += published_notes + _unmeasured_notes(part, unmeasured)
+    return notes
+
+
 def _section_table(
     group: Group, section: str, part: pd.DataFrame, footnotes: dict[str, int]
 ) -> Table | str | None:
@@ -424,27 +459,7 @@ def _section_table(
     for reason in _distinct(c.na for r in rows if not r.floor for c in r.cells if c.mean is None):
         footnotes.setdefault(reason, len(footnotes) + 1)
     used = _distinct(c.na for r in rows if not r.floor for c in r.cells if c.mean is None)
-    notes = _estimator_notes(part, columns) + _kind_notes(part) + order_notes(part) + floor_notes
-    notes += _distinct(c.trivial for r in rows for c in r.cells if c.trivial and c.mean is not None)
-    notes += [
-        f"{c.label}: the process's resident set on the CPU (the runtime included), not the model's; "
-        f"never bold"
-        for c in columns
-        if c.process
-    ]
-    if any(r.condition for r in rows):
-        notes.append(
-            "costs measured under different conditions (config.json: threads, device, precision, other "
-            "processes busy at the start) are never averaged: one row per condition; bold compares rows "
-            "of one condition only"
-        )
-    notes += [
-        f"{m}: {', '.join(dict.fromkeys(labels))} belong to the model, not to a sample mode, so they "
-        f"repeat in each of its rows"
-        for m, labels in shared.items()
-        if sum(r.model == m for r in rows) > 1
-    ]
-    notes += published_notes + _unmeasured_notes(part, unmeasured)
+    notes = _table_notes(part, columns, rows, shared, floor_notes, published_notes, unmeasured)
     return Table(
         group.name,
         section,
