@@ -28,16 +28,16 @@ __version__ = "0.2.0"
 
 # public name -> the module that defines it
 _API = {
-    "score_samples": "genbench.bench.external",
+    "score_samples": "genbench.bench.commands.external",
     "build": "genbench.models.base",
     "get_model_class": "genbench.models.base",
     "model_names": "genbench.models.base",
     "register_model": "genbench.models.base",
     "GenerativeModel": "genbench.models.base",
     "TrainConfig": "genbench.models.base",
-    "load_dataset": "genbench.bench.data",
-    "load_mnist": "genbench.bench.data",
-    "load_run": "genbench.bench.sampling",
+    "load_dataset": "genbench.bench.engine.data",
+    "load_mnist": "genbench.bench.engine.data",
+    "load_run": "genbench.bench.commands.sampling",
 }
 _SUBPACKAGES = ("core", "models", "metrics", "bench")
 
@@ -55,9 +55,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
-    from genbench.bench.data import load_dataset, load_mnist
-    from genbench.bench.external import score_samples
-    from genbench.bench.sampling import load_run
+    from genbench.bench.commands.external import score_samples
+    from genbench.bench.commands.sampling import load_run
+    from genbench.bench.engine.data import load_dataset, load_mnist
     from genbench.models.base import (
         GenerativeModel,
         TrainConfig,

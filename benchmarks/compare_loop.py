@@ -13,7 +13,7 @@ quick profile runs with (it does not compile on the CPU, see the README):
             num_workers defaults to 0: on two shared cores a worker process takes its CPU time from
             the same cores as the step's intra-op threads and adds pickling and IPC per batch, so it
             can only hide the data cost where a core would otherwise idle (a GPU machine).
-  genbench  bench.train.Trainer itself: load_mnist's resident uint8 tensors, index slices of a seeded
+  genbench  bench.engine.train.Trainer itself: load_mnist's resident uint8 tensors, index slices of a seeded
             permutation, the quick profile's log_every (host syncs), with max_steps = warmup + steps,
             checkpoint_every beyond the run and val_images = one batch, so the validation and the one
             checkpoint it writes at the end (both after the timed span) cost little.
@@ -43,11 +43,11 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from genbench import models
-from genbench.bench import threads
-from genbench.bench.data import Dataset, batches, epoch_order, load_mnist, raw_dir, resolve_data_dir
-from genbench.bench.device import prepare_model, resolve_device
-from genbench.bench.timing import device_name, synchronize
-from genbench.bench.train import RunOptions, Trainer
+from genbench.bench.engine import threads
+from genbench.bench.engine.data import Dataset, batches, epoch_order, load_mnist, raw_dir, resolve_data_dir
+from genbench.bench.engine.device import prepare_model, resolve_device
+from genbench.bench.engine.timing import device_name, synchronize
+from genbench.bench.engine.train import RunOptions, Trainer
 from genbench.core.errors import UserError
 
 PROFILE = "quick"

@@ -11,8 +11,8 @@ import os
 import pytest
 import torch
 
-from genbench.bench.device import PRECISIONS, resolve_device
-from genbench.bench.timing import device_name
+from genbench.bench.engine.device import PRECISIONS, resolve_device
+from genbench.bench.engine.timing import device_name
 from genbench.core.errors import UserError
 
 DEVICE_VAR = "GENBENCH_DEVICE"

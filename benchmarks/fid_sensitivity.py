@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_features import blur, noise, shift  # noqa: E402  the damages the test asserts on
 
-from genbench.bench.data import load_dataset, resolve_data_dir  # noqa: E402
+from genbench.bench.engine.data import load_dataset, resolve_data_dir  # noqa: E402
 from genbench.metrics import fidelity  # noqa: E402
 from genbench.metrics.base import subset_indices  # noqa: E402
 from genbench.metrics.features import CLASSIFIERS  # noqa: E402

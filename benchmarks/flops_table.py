@@ -1,6 +1,6 @@
 """Every family's compute at a profile: FLOPs per training step, per sample (each sample mode) and per
 likelihood image, counted as `bench run` counts them (genbench.metrics.compute), and the FLOP/s a few
-timed training steps achieve on this machine, as a fraction of its peak (genbench.bench.budget).
+timed training steps achieve on this machine, as a fraction of its peak (genbench.bench.engine.budget).
 
     python benchmarks/flops_table.py                       # quick profile, every family, 3 timed steps
     python benchmarks/flops_table.py --models vae,gan --profile smoke --steps 5 --threads 2
@@ -22,9 +22,9 @@ import pandas as pd
 import torch
 
 from genbench import models
-from genbench.bench.budget import count_step, measure_peak
-from genbench.bench.optim import Optimizers
-from genbench.bench.timing import device_name, synchronize
+from genbench.bench.engine.budget import count_step, measure_peak
+from genbench.bench.engine.optim import Optimizers
+from genbench.bench.engine.timing import device_name, synchronize
 from genbench.metrics.compute import likelihood_flops, sample_flops
 from genbench.models.base import PROFILE_NAMES
 

@@ -72,15 +72,15 @@ import pandas as pd
 import torch
 
 from genbench import models
-from genbench.bench import results
-from genbench.bench import run as runs
-from genbench.bench.data import load_dataset, resolve_data_dir
-from genbench.bench.device import resolve_precision
-from genbench.bench.plan import RunPlan
-from genbench.bench.plan import plan as make_plan
+from genbench.bench.engine.data import load_dataset, resolve_data_dir
+from genbench.bench.engine.device import resolve_precision
+from genbench.bench.engine.timing import device_name, hardware_name
+from genbench.bench.engine.train import RunOptions, StopFlag, TrainingInterrupted
+from genbench.bench.execute import run as runs
+from genbench.bench.planning.plan import RunPlan
+from genbench.bench.planning.plan import plan as make_plan
+from genbench.bench.record import results
 from genbench.bench.report import make_report
-from genbench.bench.timing import device_name, hardware_name
-from genbench.bench.train import RunOptions, StopFlag, TrainingInterrupted
 from genbench.core.errors import UsageError, UserError
 from genbench.core.files import write_json, write_text
 from genbench.metrics.fidelity import resolve_network

@@ -32,9 +32,9 @@ import torch
 from torch import Tensor
 
 from genbench import models
-from genbench.bench.device import autocast, prepare_model
-from genbench.bench.optim import Optimizers
-from genbench.bench.timing import device_name, synchronize
+from genbench.bench.engine.device import autocast, prepare_model
+from genbench.bench.engine.optim import Optimizers
+from genbench.bench.engine.timing import device_name, synchronize
 from genbench.models.base import GenerativeModel
 
 PROFILES = ("smoke", "quick")

@@ -1,12 +1,12 @@
 """Training speed of the quick-profile VAE step with 0, 1 and 3 competing busy processes, for fixed
-thread counts and for bench.threads' adaptive choice: a Markdown table.
+thread counts and for bench.engine.threads' adaptive choice: a Markdown table.
 
     python benchmarks/threads_under_load.py [--steps 40] [--busy 0,1,3]
 
 Each cell is a fresh process that builds the quick VAE, warms up 5 steps and times --steps steps of
 batch 128 on fake MNIST-like data, in wall-clock images/s. The competing processes are pure-Python
 busy loops, one core each, started before and stopped after each row. "adaptive" is what `bench
-run` does without --threads (bench.threads.decide(): usable cores minus busy ones).
+run` does without --threads (bench.engine.threads.decide(): usable cores minus busy ones).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def worker(threads: str, steps: int) -> None:
     import torch
 
     from genbench import models
-    from genbench.bench import threads as policy
-    from genbench.bench.optim import Optimizers
+    from genbench.bench.engine import threads as policy
+    from genbench.bench.engine.optim import Optimizers
 
     choice = policy.apply(policy.decide(None if threads == "auto" else int(threads)))
     torch.manual_seed(0)

@@ -3,7 +3,7 @@ map that validation and evaluation share.
 
 This is the low-level part that ``bench`` (the loop), ``metrics`` (evaluation) and ``models`` (act
 norm's initialization) all stand on; setting up the process group, averaging gradients and
-launching torchrun live in ``genbench.bench.distributed``. Without an initialized process group (a
+launching torchrun live in ``genbench.bench.engine.distributed``. Without an initialized process group (a
 plain run, ``bench eval``) every function here acts as the single process it is.
 
 ``map_batches`` splits a list of batches across ranks (batch i to rank i mod N) and gathers the

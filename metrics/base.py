@@ -42,8 +42,8 @@ class EvalConfig:
     # pays the memory (PixelCNN's caches: ~5.6 MB per image at the full size). A seeded sampler's
     # images depend on its batches, as they do on the device: values record the batch they used.
     cuda_sample_batch_size: int | None = None
-    # Feature networks for sample quality; None: the dataset's defaults for the profile (bench.data),
-    # resolved by bench.plan.plan before a run starts and recorded in config.json.
+    # Feature networks for sample quality; None: the dataset's defaults for the profile (bench.engine.data),
+    # resolved by bench.planning.plan.plan before a run starts and recorded in config.json.
     feature_networks: tuple[str, ...] | None = None
     subset_seed: int = 0  # the seeded random test subset (the same for every model and metric)
     allow_few_samples: bool = False  # FID with fewer samples than feature dimensions
@@ -168,13 +168,13 @@ class EvalContext:
     all metrics."""
 
     model: Any  # GenerativeModel in eval mode
-    data: Any  # bench.data.Dataset
+    data: Any  # bench.engine.data.Dataset
     config: EvalConfig
     device: torch.device
     seed: int
     run_dir: Path | None = None
     cache_dir: Path | None = None  # real-data feature statistics
-    train_summary: dict[str, Any] = dataclasses.field(default_factory=dict)  # from bench.train
+    train_summary: dict[str, Any] = dataclasses.field(default_factory=dict)  # from bench.engine.train
     mode: str | None = None  # the sample mode metrics see now; None: the model's default
     progress: bool = False  # a progress bar (a start line in a log) for each batched step
     _samples: dict[str | None, Tensor] = dataclasses.field(default_factory=dict)

@@ -157,7 +157,7 @@ TRAINING_OUTPUTS = (TRAIN_FLOPS, STEP_FLOPS, TRAIN_FLOP_RATE, PEAK_FLOP_RATE, UT
 
 @register_metric("training_compute", needs=(), outputs=TRAINING_OUTPUTS)
 def training_compute(ctx: EvalContext) -> dict[str, Value]:
-    """The loop counts one step at run start and measures the device's peak (bench.budget);
+    """The loop counts one step at run start and measures the device's peak (bench.engine.budget);
     training FLOPs are that count times the steps trained. Achieved FLOP/s is the counted FLOPs per
     image times the timed training images/s (after warm-up, without validation or checkpoints)."""
     summary = ctx.train_summary

@@ -219,7 +219,7 @@ def train_classifier(
     device: str | torch.device = "cpu",
     log=print,
 ) -> float:
-    """Train a feature network on data.train (the 55k split of bench.data.load_dataset; 8-bit
+    """Train a feature network on data.train (the 55k split of bench.engine.data.load_dataset; 8-bit
     images), save it to out_path with its .sha256 beside, and return its test accuracy.
 
     No augmentation (see the module docstring). Deterministic for a given seed, device and thread

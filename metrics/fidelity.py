@@ -317,7 +317,7 @@ def compute_for_network(ctx: EvalContext, net: str) -> dict[str, Value]:
     """The registered metrics' body: the model's samples against the random test subset."""
     config = ctx.config
     if config.feature_networks is None:
-        raise ValueError("EvalConfig.feature_networks is unresolved; bench.plan.plan sets the dataset's")
+        raise ValueError("EvalConfig.feature_networks is unresolved; bench.planning.plan sets the dataset's")
     if net not in config.feature_networks:
         return not_in_profile(net)
     network = resolve_network(net, config.inception_weights)

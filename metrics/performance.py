@@ -18,7 +18,7 @@ MEMORY_KINDS = {"rss": "process RSS", "cuda_allocator": "CUDA allocator"}
 
 @register_metric("cost", needs=(), outputs=(TRAIN_SPEED, PEAK_MEMORY, PARAMETERS, WALL_TIME, STEPS))
 def cost(ctx: EvalContext) -> dict[str, Value]:
-    """Training numbers come from the loop (bench.train) through the run's train summary."""
+    """Training numbers come from the loop (bench.engine.train) through the run's train summary."""
     summary = ctx.train_summary
     training = {
         "device": summary.get("device", str(ctx.device)),  # where it trained (bench eval may score elsewhere)
@@ -58,7 +58,7 @@ def _steps_protocol(summary: dict) -> dict:
     protocol = {"batch_size": summary.get("batch_size"), "stopped_by": summary.get("stopped_by")}
     if summary.get("time_budget_s") is not None:
         protocol |= {"time_budget_s": summary["time_budget_s"], "stopped_at_s": summary.get("budget_stop_s")}
-    if summary.get("compute_budget") is not None:  # ceil(budget / FLOPs per step) steps (bench.budget)
+    if summary.get("compute_budget") is not None:  # ceil(budget / FLOPs per step) steps (bench.engine.budget)
         protocol |= {
             "compute_budget": summary["compute_budget"],
             "train_flops_per_step": summary.get("train_flops_per_step"),

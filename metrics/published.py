@@ -24,7 +24,7 @@ FULL_TRAINING = "trained on the full 60,000-image training set (genbench trains 
 class Published:
     model: str  # as the source names it
     family: str | None  # the genbench family it corresponds to, if any
-    dataset: str  # bench.data registry name
+    dataset: str  # bench.engine.data registry name
     levels: int
     metric: str  # metrics.json column
     value: float

@@ -63,7 +63,8 @@ class TrainConfig:
     # steps it reached are recorded, and --max-steps of them repeats it. Epochs and max_steps do not cap it.
     time_budget_s: float | None = None
     # Train the steps whose counted FLOPs reach this budget, ceil(budget / FLOPs per step) (the loop
-    # counts a step at run start: bench.budget); that decides the steps, whatever epochs and max_steps say.
+    # counts a step at run start: bench.engine.budget); that decides the steps, whatever epochs and
+    # max_steps say.
     compute_budget: float | None = None
 
     def __post_init__(self) -> None:

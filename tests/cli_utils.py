@@ -2,7 +2,7 @@
 
 from click.testing import CliRunner
 
-from genbench.bench.cli import cli
+from genbench.bench.commands.cli import cli
 
 
 def invoke(*args):

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from genbench.bench.data import MNIST_FILES, Dataset, raw_dir, resolve_data_dir
+from genbench.bench.engine.data import MNIST_FILES, Dataset, raw_dir, resolve_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
 # The runs tests start take a fixed CPU thread count, not one from the machine's load at that moment
-# (bench.threads), so their numbers do not depend on what else CI runs; tests/test_threads.py tests
+# (bench.engine.threads), so their numbers do not depend on what else CI runs; tests/test_threads.py tests
 # the adaptive choice itself.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genbench.bench.data import CIFAR10_FILES
+from genbench.bench.engine.data import CIFAR10_FILES
 
 LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

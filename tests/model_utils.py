@@ -1,6 +1,6 @@
 """Driving a model's train_step outside the loop, with the loop's own optimizers."""
 
-from genbench.bench.optim import Optimizers
+from genbench.bench.engine.optim import Optimizers
 from genbench.models.base import TrainConfig
 
 

@@ -21,7 +21,7 @@ FAST = ("--models", "gan", "--profile", "smoke", "--n-samples", "130", "--thread
 
 
 def bench_cmd(*args) -> list[str]:
-    return [sys.executable, "-m", "genbench.bench.cli", *map(str, args)]
+    return [sys.executable, "-m", "genbench.bench.commands.cli", *map(str, args)]
 
 
 def subprocess_env() -> dict[str, str]:
@@ -30,14 +30,14 @@ def subprocess_env() -> dict[str, str]:
 
 @functools.lru_cache(maxsize=1)
 def _mnist(data_dir: str):
-    from genbench.bench.data import load_dataset
+    from genbench.bench.engine.data import load_dataset
 
     return load_dataset("mnist", data_dir, download_missing=False)
 
 
 def preload(mnist_dir: Path, monkeypatch: pytest.MonkeyPatch):
     """`bench run` in this process reads MNIST from memory instead of from disk each time."""
-    from genbench.bench import run as runs
+    from genbench.bench.execute import run as runs
 
     data = _mnist(str(mnist_dir))
     monkeypatch.setattr(runs, "load_dataset", lambda *args, **kwargs: data)

@@ -11,11 +11,12 @@ import pytest
 import torch
 from conftest import fake_mnist
 
-from genbench.bench import plan as plans
-from genbench.bench import report, scoring
-from genbench.bench import run as runs
+from genbench.bench import report
+from genbench.bench.commands import scoring
+from genbench.bench.engine.train import RunOptions
+from genbench.bench.execute import run as runs
+from genbench.bench.planning import plan as plans
 from genbench.bench.report import tables
-from genbench.bench.train import RunOptions
 from genbench.core.errors import UsageError
 from genbench.core.files import read_json
 from genbench.metrics.ais import AIS_BPD, AIS_NLL, BDMC_GAP

@@ -16,11 +16,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from genbench import models
-from genbench.bench import budget
-from genbench.bench import plan as plans
-from genbench.bench import run as runs
-from genbench.bench.optim import EMA, Optimizers
-from genbench.bench.train import RunOptions, Trainer
+from genbench.bench.engine import budget
+from genbench.bench.engine.optim import EMA, Optimizers
+from genbench.bench.engine.train import RunOptions, Trainer
+from genbench.bench.execute import run as runs
+from genbench.bench.planning import plan as plans
 from genbench.metrics.compute import likelihood_flops, sample_flops, training_step_flops
 from genbench.models.base import GenerativeModel, TrainConfig
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from fake_cifar import fake_images, write_fake_cifar
 
-from genbench.bench import data as bench_data
-from genbench.bench.data import (
+from genbench.bench.engine import data as bench_data
+from genbench.bench.engine.data import (
     DATASETS,
     MNIST_FILES,
     MNIST_SOURCE,
@@ -277,7 +277,7 @@ def test_cifar10_unreadable_file_is_one_line_error(tmp_path):
 
 
 def test_cli_names_match_the_registries():
-    from genbench.bench import cli_options
+    from genbench.bench.planning import cli_options
     from genbench.metrics import features, fidelity
 
     assert cli_options.DATASET_NAMES == tuple(DATASETS)

@@ -15,10 +15,10 @@ from fake_cifar import write_fake_cifar
 from model_utils import optimizers_for
 
 from genbench import models
-from genbench.bench.data import CIFAR10_FILES, UnknownDataset
-from genbench.bench.plan import RunRequest, plan, plan_from_config
-from genbench.bench.run import run_all
-from genbench.bench.settings import RunSettings
+from genbench.bench.engine.data import CIFAR10_FILES, UnknownDataset
+from genbench.bench.execute.run import run_all
+from genbench.bench.planning.plan import RunRequest, plan, plan_from_config
+from genbench.bench.planning.settings import RunSettings
 from genbench.core.errors import UsageError
 from genbench.models.vae import VAEConfig, discretized_logistic_log_prob
 
@@ -227,7 +227,7 @@ def test_real_datasets_end_to_end(dataset, model, network, mnist_dir, tmp_path):
 
 def test_the_printed_line_follows_the_protocols_network_and_unit():
     """Each run's one printed line: FID with the dataset's own network, nats per image at 2 levels."""
-    from genbench.bench.run import summary_line
+    from genbench.bench.execute.run import summary_line
 
     def entry(label, value, unit, kind=None):
         return {"label": label, "value": value, "unit": unit, "kind": kind, "protocol": {}, "estimator": None}

@@ -2,7 +2,7 @@
 
 One spawn of 2 ranks trains every family for a few steps on fake data and evaluates it; the tests
 compare the ranks with each other and with a single process training on the whole global batch.
-A DDP run draws each rank's noise from its own stream (bench.distributed), so for the comparison
+A DDP run draws each rank's noise from its own stream (bench.engine.distributed), so for the comparison
 with a single process the noise is held equal: ``SharedNoise`` draws every batch-shaped random
 tensor for the global batch from one generator, seeded alike in every process, and hands each
 rank its rows, as the single process draws them. What is compared is then the engine itself:
@@ -35,8 +35,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from genbench import models
-from genbench.bench import distributed
-from genbench.bench.train import RunOptions, Trainer, validate
+from genbench.bench.engine import distributed
+from genbench.bench.engine.train import RunOptions, Trainer, validate
 from genbench.metrics.base import EvalConfig, EvalContext
 
 FAMILIES = sorted(models.MODELS)
@@ -255,7 +255,7 @@ def _descendants(pid: int) -> list[int]:
 def test_killed_ddp_run_resumes_to_the_end_of_an_uninterrupted_one(tmp_path, mnist_dir):
     """`bench run --nproc 2` SIGKILLed (launcher and both ranks) after a checkpoint, then resumed with
     `--resume --nproc 2`: the weights and numbers of the same run never interrupted."""
-    bench = [sys.executable, "-m", "genbench.bench.cli", "run"]
+    bench = [sys.executable, "-m", "genbench.bench.commands.cli", "run"]
     common = ["--models", "vae", "--profile", "smoke", "--max-steps", "120", "--nproc", "2", "--threads", "1",
               "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--n-samples", "32",
               "--allow-few-samples", "--no-progress"]  # fmt: skip

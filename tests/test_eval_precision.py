@@ -8,8 +8,8 @@ import torch
 from conftest import fake_mnist
 
 from genbench import models
-from genbench.bench import evaluate as evaluation
-from genbench.bench.device import exact_fp32
+from genbench.bench.engine import evaluate as evaluation
+from genbench.bench.engine.device import exact_fp32
 from genbench.core.schema import Output, Value
 from genbench.metrics.base import EVAL_PROFILES, EvalConfig, EvalContext, Metric
 
@@ -111,7 +111,7 @@ def test_evaluate_runs_in_exact_fp32_and_records_the_sample_batch(tf32_on, monke
 
 def test_validation_runs_in_exact_fp32(tf32_on, fake_data):
     """Validation bits/dim are compared with the evaluation's: no TF32 in them either."""
-    from genbench.bench.train import RunOptions, validate
+    from genbench.bench.engine.train import RunOptions, validate
 
     seen = []
     model, _ = models.build("flow", "smoke")

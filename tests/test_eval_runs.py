@@ -13,12 +13,12 @@ import torch
 from cli_utils import invoke, one_line_error
 from conftest import fake_mnist
 
-from genbench.bench import external, scoring
-from genbench.bench import plan as plans
-from genbench.bench import run as runs
+from genbench.bench.commands import external, scoring
+from genbench.bench.engine.train import RunOptions
+from genbench.bench.execute import run as runs
+from genbench.bench.planning import plan as plans
+from genbench.bench.planning.settings import RunSettings
 from genbench.bench.report.load import load_results
-from genbench.bench.settings import RunSettings
-from genbench.bench.train import RunOptions
 from genbench.core.errors import UsageError
 from genbench.core.files import file_sha256
 from genbench.models import get_model_class
@@ -164,7 +164,7 @@ def test_sample_writes_the_runs_samples_as_a_npz(run_dir, tmp_path):
 def test_sample_draws_at_the_evaluations_batch_for_its_device(run_dir, tmp_path, monkeypatch):
     """Batch i is drawn from (seed, i): bench sample gives the evaluation's images only at the
     evaluation's batch size on that device (2000 on CUDA in the full profile, not 256)."""
-    from genbench.bench import sampling
+    from genbench.bench.commands import sampling
     from genbench.metrics.base import EvalConfig
 
     seen, draw = [], sampling.draw

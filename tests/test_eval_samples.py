@@ -11,8 +11,8 @@ import torch
 from cli_utils import invoke, one_line_error
 from PIL import Image
 
+from genbench.bench.record.sample_files import read_samples
 from genbench.bench.report.load import load_results
-from genbench.bench.sample_files import read_samples
 from genbench.core.files import file_sha256
 
 
@@ -177,7 +177,7 @@ def test_png_folder_is_read_in_name_order_with_a_sha256sum_manifest(tmp_path):
 def test_test_images_score_at_the_floor_and_shifted_ones_do_not(tmp_path, mnist_dir):
     """The issue's done-when: 1000 real test images (a random subset other than the reference)
     score an FID within the real-data floor's range; the same images shifted by 3 px clearly worse."""
-    from genbench.bench.data import load_dataset
+    from genbench.bench.engine.data import load_dataset
 
     test = load_dataset("mnist", mnist_dir).test
     images = test[

@@ -135,7 +135,7 @@ def test_training_is_reproducible(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))
 def test_committed_classifier_accuracy(name, mnist_dir):
-    from genbench.bench.data import load_dataset
+    from genbench.bench.engine.data import load_dataset
 
     spec = CLASSIFIERS[name]
     data = load_dataset(name, mnist_dir, download_missing=False)
@@ -168,7 +168,7 @@ def test_fid_rises_clearly_with_shift_blur_and_noise(name, mnist_dir):
     # Test images, damaged, against themselves undamaged, beside the floor: what as many training
     # images score against them. A network that had learned to ignore translation would let a
     # generator misplace digits for free.
-    from genbench.bench.data import load_dataset
+    from genbench.bench.engine.data import load_dataset
     from genbench.metrics import fidelity
     from genbench.metrics.base import subset_indices
 

@@ -56,7 +56,7 @@ def test_precision_and_recall_when_only_one_mode_is_generated(mnist_net):
 
 
 def test_precision_and_recall_when_only_zeros_are_generated(mnist_net, mnist_dir):
-    from genbench.bench.data import load_mnist
+    from genbench.bench.engine.data import load_mnist
 
     data = load_mnist(mnist_dir, download_missing=False)
     zeros, ones = data.test[data.test_labels == 0], data.test[data.test_labels == 1]
@@ -260,7 +260,7 @@ def test_offline_inception_metrics_have_no_is(offline):
 
 @pytest.mark.slow
 def test_inception_score_of_mnist_test_set_with_the_mnist_network(mnist_net, mnist_dir):
-    from genbench.bench.data import load_mnist
+    from genbench.bench.engine.data import load_mnist
 
     test = load_mnist(mnist_dir, download_missing=False).test
     result = fidelity.run_torch_fidelity(test, None, mnist_net, fid=False, kid=False, prc=False, isc=True)

@@ -196,7 +196,7 @@ def test_config_accepts_multiples_of_four_only():
 @pytest.mark.slow
 def test_short_training_on_mnist_moves_samples_towards_the_data():
     """A few hundred steps on real MNIST: dark backgrounds with bright strokes, like the data."""
-    from genbench.bench.data import batches, epoch_order, load_mnist
+    from genbench.bench.engine.data import batches, epoch_order, load_mnist
 
     data = load_mnist("/work/shared/data")
     torch.manual_seed(0)

@@ -45,8 +45,8 @@ def test_a_project_with_its_own_models_package_keeps_it(tmp_path):
 
 
 def test_the_public_api_resolves_lazily_to_the_real_objects():
-    from genbench.bench.data import load_dataset
-    from genbench.bench.external import score_samples
+    from genbench.bench.commands.external import score_samples
+    from genbench.bench.engine.data import load_dataset
     from genbench.models.base import GenerativeModel, register_model
 
     assert sorted(genbench.__all__) == sorted(genbench._API)

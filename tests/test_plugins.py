@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from cli_utils import invoke, one_line_error
 
-from genbench.bench import plan as plans
-from genbench.bench.train import RunOptions
+from genbench.bench.engine.train import RunOptions
+from genbench.bench.planning import plan as plans
 from genbench.models import plugins
 from genbench.models.base import ALIASES, MODELS, ORIGINS, get_model_class
 
@@ -236,7 +236,7 @@ def test_entry_point_family_trains_on_smoke_in_a_fresh_process(tmp_path, mnist_d
     root = write_plugins(tmp_path / "site", dists=("tiny-plugin",))
     out = tmp_path / "results"
     done = subprocess.run(
-        [sys.executable, "-m", "genbench.bench.cli", "run", "--models", "tiny", "--profile", "smoke",
+        [sys.executable, "-m", "genbench.bench.commands.cli", "run", "--models", "tiny", "--profile", "smoke",
          "--data-dir", str(mnist_dir), "--out", str(out), "--name", "t", "--threads", "1", "--no-progress"],
         env=_env(root), cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from genbench.bench.data import DATASETS
+from genbench.bench.engine.data import DATASETS
 from genbench.metrics import METRICS, fidelity
 from genbench.metrics.published import PUBLISHED, published_for
 

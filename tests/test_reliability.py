@@ -27,7 +27,7 @@ def numbers(run_dir: Path) -> dict:
 
 
 def bench_cmd(*args) -> list[str]:
-    return [sys.executable, "-m", "genbench.bench.cli", *map(str, args)]
+    return [sys.executable, "-m", "genbench.bench.commands.cli", *map(str, args)]
 
 
 def smoke_run(out, mnist_dir, name, *extra):
@@ -168,7 +168,7 @@ def test_nan_loss_fails_the_run_with_the_step_and_model(monkeypatch, mnist_dir, 
 
 # --- the catalogue of bad input (usage errors: test_cli.py covers names and numbers) ----------------
 def _fake_data_dir(tmp_path, mnist_dir, truncate: str | None = None) -> Path:
-    from genbench.bench.data import MNIST_FILES, raw_dir
+    from genbench.bench.engine.data import MNIST_FILES, raw_dir
 
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -263,7 +263,7 @@ def test_resume_with_a_foreign_model_is_refused(reference_run, tmp_path):
 
 def test_config_is_data_not_code(tmp_path):
     """config.json is parsed as data: an unknown field is refused, nothing is evaluated."""
-    from genbench.bench.plan import plan_from_config
+    from genbench.bench.planning.plan import plan_from_config
 
     config = {
         "model": "vae",
@@ -293,7 +293,7 @@ def test_collapsed_samples_end_in_a_clear_message(fake_data, monkeypatch):
     """A GAN whose generator ignores z gets a message, not an FID."""
     import torch
 
-    from genbench.bench.evaluate import SampleCollapse, evaluate
+    from genbench.bench.engine.evaluate import SampleCollapse, evaluate
     from genbench.metrics.base import EVAL_PROFILES
 
     gan, _ = models.build("gan", "smoke")

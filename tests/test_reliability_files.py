@@ -171,7 +171,7 @@ def test_odd_sample_files_are_one_line_errors_or_read_right(tmp_path, mnist_dir)
     uint16..64 pixels in 0..255 read as the uint8 images they are."""
     from PIL import Image
 
-    from genbench.bench.sample_files import read_samples
+    from genbench.bench.record.sample_files import read_samples
 
     pixels = np.random.default_rng(0).integers(0, 256, (4, 28, 28))
     for dtype in (np.uint16, np.uint32, np.uint64):
@@ -199,7 +199,7 @@ def test_odd_sample_files_are_one_line_errors_or_read_right(tmp_path, mnist_dir)
 
 
 def test_a_checkpoint_that_is_a_fifo_is_refused_not_read_forever(tmp_path):
-    from genbench.bench.checkpoint import load_weights
+    from genbench.bench.engine.checkpoint import load_weights
 
     os.mkfifo(tmp_path / "last.pt")
     with pytest.raises(UserError, match="is not a regular file"):
@@ -207,7 +207,7 @@ def test_a_checkpoint_that_is_a_fifo_is_refused_not_read_forever(tmp_path):
 
 
 def test_a_bad_floors_file_is_computed_again(tmp_path, mnist_dir):
-    from genbench.bench.data import load_dataset
+    from genbench.bench.engine.data import load_dataset
     from genbench.metrics.fidelity import resolve_network
 
     np.save(tmp_path / "s.npy", load_dataset("mnist", mnist_dir).test[:150].numpy())
@@ -265,7 +265,7 @@ def test_a_samples_file_of_no_images_costs_the_report_a_panel_not_the_report(tmp
 
 
 def test_a_garbage_run_lock_is_named_as_such(tmp_path):
-    from genbench.bench import results
+    from genbench.bench.record import results
 
     (tmp_path / results.LOCK).write_bytes(b"\x00garbage")
     with pytest.raises(results.RunInUse, match="names no process genbench can check") as caught:
@@ -274,7 +274,7 @@ def test_a_garbage_run_lock_is_named_as_such(tmp_path):
 
 
 def test_the_hint_for_float_samples_follows_their_range(tmp_path):
-    from genbench.bench.sample_files import read_samples
+    from genbench.bench.record.sample_files import read_samples
 
     for high, hint in ((1.0, "(x * 255).round()"), (255.0, "(x).round()")):
         np.save(tmp_path / "f.npy", np.linspace(0, high, 4 * 28 * 28, dtype=np.float32).reshape(4, 28, 28))

@@ -9,7 +9,7 @@ import os
 import pytest
 from cli_utils import invoke, one_line_error
 
-from genbench.bench import results
+from genbench.bench.record import results
 from genbench.core.errors import UserError
 
 
@@ -118,7 +118,7 @@ def test_eval_and_sample_check_names_and_seeds_as_run_does(tmp_path):
 @pytest.mark.parametrize("name", ["a/b", "..", "-lead", "a b"])
 def test_an_evaluation_name_follows_the_run_name_rule_from_python_too(name, tmp_path):
     """EvalRequest.name becomes part of a folder name (RUN_DIR+eval-NAME): the one rule of run names."""
-    from genbench.bench import scoring
+    from genbench.bench.commands import scoring
 
     request = scoring.EvalRequest(run_dir=tmp_path, name=name)
     with pytest.raises(UserError, match=r"--name: .* is not a run name"):

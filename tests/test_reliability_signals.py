@@ -22,7 +22,7 @@ import torch
 from cli_utils import invoke, one_line_error
 from reliability_utils import FAST, bench_cmd, fast_run, metric_values, preload, status, subprocess_env
 
-from genbench.bench import train
+from genbench.bench.engine import train
 from genbench.core import files
 
 # Evaluation of this many samples lasts long enough (seconds) to be hit from outside.

@@ -14,9 +14,10 @@ from cli_utils import invoke, one_line_error
 from reliability_utils import FAST, fast_run, preload, status
 
 from genbench import models
-from genbench.bench import results, train
-from genbench.bench.evaluate import SampleCollapse, check_not_collapsed
-from genbench.bench.train import Diverged, RunOptions, Trainer
+from genbench.bench.engine import train
+from genbench.bench.engine.evaluate import SampleCollapse, check_not_collapsed
+from genbench.bench.engine.train import Diverged, RunOptions, Trainer
+from genbench.bench.record import results
 from genbench.core import files
 from genbench.core.errors import UserError
 
@@ -67,7 +68,7 @@ def test_bad_options_are_refused_before_any_folder_exists(args, code, needle, dr
     ids=["floors-device", "floors-results", "floors-cache", "report-proc", "report-file", "classifier-out"],
 )
 def test_other_commands_check_their_folders_first(args, needle, tmp_path, monkeypatch):
-    from genbench.bench import data as datasets
+    from genbench.bench.engine import data as datasets
 
     def no_data(*args, **kwargs):
         raise AssertionError("the data was loaded before the options were checked")
@@ -109,8 +110,8 @@ def test_a_crash_in_training_leaves_status_failed(tmp_path, data, monkeypatch):
 
 
 def _started_run(tmp_path):
-    from genbench.bench import plan as plans
-    from genbench.bench import run as runs
+    from genbench.bench.execute import run as runs
+    from genbench.bench.planning import plan as plans
 
     plan = plans.plan("gan", "smoke", 0)
     return runs.start(plan, RunOptions(torch.device("cpu")), tmp_path, "s")
@@ -238,7 +239,7 @@ def test_stop_flag_leaves_the_handlers_as_it_found_them():
 
 
 def test_a_job_of_several_runs_says_where_it_is():
-    from genbench.bench.run import _position
+    from genbench.bench.execute.run import _position
 
     assert _position(0, 1, 0.0) == ""
     assert _position(0, 5, 0.4) == "[run 1 of 5, 0m00s elapsed] "

@@ -1,4 +1,4 @@
-"""bench report on run folders written by the real writer (bench.run -> evaluate -> metrics_document)
+"""bench report on run folders written by the real writer (bench.execute.run -> evaluate -> metrics_document)
 on tiny smoke models and fake data. Where a test needs known numbers (seed means, a floor), it edits
 the written values in place, never a label or a schema field, so these tests cannot drift from what
 `bench run` writes.
@@ -25,12 +25,12 @@ import torch
 from cli_utils import invoke, one_line_error
 from conftest import fake_mnist
 
-from genbench.bench import plan as plans
 from genbench.bench import report
-from genbench.bench import run as runs
+from genbench.bench.engine.train import RunOptions
+from genbench.bench.execute import run as runs
+from genbench.bench.planning import plan as plans
 from genbench.bench.report import images, tables
 from genbench.bench.report.comparable import TRIVIAL_MARK
-from genbench.bench.train import RunOptions
 from genbench.core.errors import UserError
 from genbench.core.files import read_json, write_json
 from genbench.core.schema import KINDS, old_schema_message
@@ -158,7 +158,7 @@ def rendered(results, tmp_path_factory):
     train = fake_mnist(n_train=256, seed=1).train
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("DISPLAY", raising=False)
-        mp.setattr("genbench.bench.data.load_dataset", lambda *a, **k: _FakeData(train))
+        mp.setattr("genbench.bench.engine.data.load_dataset", lambda *a, **k: _FakeData(train))
         result = report.make_report(results, out, data_dir=out / "mnist")
     return result, out
 

@@ -134,7 +134,8 @@ def test_costs_measured_under_different_conditions_are_not_averaged(results, tmp
     copy = tmp_path / "results"
     shutil.copytree(results, copy)
     for run in copy.glob("*-smoke-s1-*"):
-        busy = {"threads": 1, "usable": 2, "busy": 0.99, "reason": "load"}  # as bench.threads records it
+        # as bench.engine.threads records it
+        busy = {"threads": 1, "usable": 2, "busy": 0.99, "reason": "load"}
         set_fields(run / "config.json", threads=busy)
     group = groups_of(copy)[0]
     cost = group.section("cost")

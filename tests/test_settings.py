@@ -6,12 +6,12 @@ import dataclasses
 import torch
 from cli_utils import invoke, one_line_error
 
-from genbench.bench import plan as plans
-from genbench.bench import run as runs
-from genbench.bench.cli import cli
-from genbench.bench.results import make_run_id
-from genbench.bench.settings import EVAL, FIELDS, TRAIN, RunSettings, option_name
-from genbench.bench.train import RunOptions
+from genbench.bench.commands.cli import cli
+from genbench.bench.engine.train import RunOptions
+from genbench.bench.execute import run as runs
+from genbench.bench.planning import plan as plans
+from genbench.bench.planning.settings import EVAL, FIELDS, TRAIN, RunSettings, option_name
+from genbench.bench.record.results import make_run_id
 from genbench.metrics.base import EvalConfig
 from genbench.models.base import TrainConfig
 

@@ -21,12 +21,13 @@ from cli_utils import invoke, one_line_error
 from reliability_utils import preload, subprocess_env
 from submitit.core.utils import pickle_load
 
-from genbench.bench import plan as plans
-from genbench.bench import results, sweep
-from genbench.bench import run as runs
-from genbench.bench import train as trainer_module
-from genbench.bench.settings import RunSettings
-from genbench.bench.train import RunOptions, TrainingInterrupted
+from genbench.bench.engine import train as trainer_module
+from genbench.bench.engine.train import RunOptions, TrainingInterrupted
+from genbench.bench.execute import run as runs
+from genbench.bench.execute import sweep
+from genbench.bench.planning import plan as plans
+from genbench.bench.planning.settings import RunSettings
+from genbench.bench.record import results
 from genbench.core.errors import UsageError, UserError
 
 STOP_TIMEOUT_S = 120  # a killed local sweep waits for its runs to checkpoint
@@ -223,8 +224,9 @@ def _wait(predicate, proc, what: str, timeout: float = 120.0) -> None:
 @pytest.mark.slow
 def test_local_sweep_killed_midway_finishes_on_resubmission(tmp_path, mnist_dir):
     out = tmp_path / "results"
-    args = [sys.executable, "-m", "genbench.bench.cli", "sweep", "--models", "vae,gan", "--seeds", "0,1",
-            "--profiles", "smoke", "--launcher", "local", "--max-parallel", "2", "--out", str(out),
+    args = [sys.executable, "-m", "genbench.bench.commands.cli", "sweep", "--models", "vae,gan",
+            "--seeds", "0,1", "--profiles", "smoke", "--launcher", "local", "--max-parallel", "2",
+            "--out", str(out),
             "--data-dir", str(mnist_dir), "--n-samples", "130", "--threads", "1"]  # fmt: skip
     ids = [f"{m}-smoke-s{s}-sweep-mnist" for m in ("vae", "gan") for s in (0, 1)]
     proc = subprocess.Popen(

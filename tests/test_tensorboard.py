@@ -14,9 +14,9 @@ import torch
 from cli_utils import invoke, one_line_error
 from conftest import fake_mnist
 
-from genbench.bench import plan as plans
-from genbench.bench import run as runs
-from genbench.bench.train import RunOptions
+from genbench.bench.engine.train import RunOptions
+from genbench.bench.execute import run as runs
+from genbench.bench.planning import plan as plans
 from genbench.core.files import read_json
 
 EVAL = {"n_samples": 32, "n_test": 64, "iwae_images": 16, "allow_few_samples": True}

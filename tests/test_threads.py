@@ -9,9 +9,9 @@ import pytest
 import torch
 from cli_utils import invoke
 
-from genbench.bench import run as runs
-from genbench.bench import threads
-from genbench.bench.settings import RunSettings
+from genbench.bench.engine import threads
+from genbench.bench.execute import run as runs
+from genbench.bench.planning.settings import RunSettings
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ from cli_utils import invoke, one_line_error
 from conftest import fake_mnist
 
 from genbench import models
-from genbench.bench.checkpoint import load_checkpoint
-from genbench.bench.evaluate import protocol_block
-from genbench.bench.train import RunOptions, Trainer
+from genbench.bench.engine.checkpoint import load_checkpoint
+from genbench.bench.engine.evaluate import protocol_block
+from genbench.bench.engine.train import RunOptions, Trainer
 from genbench.core.schema import PROTOCOL_LABELS
 from genbench.metrics.base import EVAL_PROFILES, EvalConfig, EvalContext
 from genbench.models.base import TrainConfig

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from genbench import models
-from genbench.bench.checkpoint import load_checkpoint
-from genbench.bench.device import prepare_model
-from genbench.bench.optim import EMA, lr_factor
-from genbench.bench.train import NonFiniteLoss, RunOptions, Trainer, validate
+from genbench.bench.engine.checkpoint import load_checkpoint
+from genbench.bench.engine.device import prepare_model
+from genbench.bench.engine.optim import EMA, lr_factor
+from genbench.bench.engine.train import NonFiniteLoss, RunOptions, Trainer, validate
 from genbench.core.errors import UserError
 
 CPU = RunOptions(device=torch.device("cpu"), progress=False, warmup_steps=1)
@@ -40,7 +40,7 @@ def test_train_writes_history_validation_and_checkpoint(fake_data, tmp_path):
 
 def test_resume_is_bit_identical(fake_data, tmp_path, monkeypatch):
     """Die right after the step-8 checkpoint, resume: the same weights as 16 steps straight."""
-    import genbench.bench.train
+    import genbench.bench.engine.train
 
     base = models.build("vae", "smoke")[1]
     cfg16 = dataclasses.replace(
@@ -51,17 +51,17 @@ def test_resume_is_bit_identical(fake_data, tmp_path, monkeypatch):
     class Killed(Exception):
         pass
 
-    original = genbench.bench.train.save_checkpoint
+    original = genbench.bench.engine.train.save_checkpoint
 
     def save_then_die(path, model, optimizers, ema, state, identity, device):
         original(path, model, optimizers, ema, state, identity, device)
         if state.step == 8:
             raise Killed
 
-    monkeypatch.setattr(genbench.bench.train, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(genbench.bench.engine.train, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         _run(fake_data, tmp_path / "b", cfg16)
-    monkeypatch.setattr(genbench.bench.train, "save_checkpoint", original)
+    monkeypatch.setattr(genbench.bench.engine.train, "save_checkpoint", original)
     resumed, state, _ = _run(fake_data, tmp_path / "b", cfg16, resume=True)
     assert state.step == 16
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=False):
@@ -239,7 +239,7 @@ def test_validations_spread_over_the_run_leave_training_unchanged(fake_data, tmp
 
 
 def test_quick_profile_validates_at_least_five_times():
-    from genbench.bench.plan import plan
+    from genbench.bench.planning.plan import plan
 
     for name in models.MODELS:
         assert plan(name, "quick", 0).train_config.validations >= 5, name

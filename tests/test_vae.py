@@ -200,7 +200,7 @@ def test_elbo_below_iwae_and_iwae_grows_with_k():
 
 @pytest.mark.slow
 def test_reconstruction_error_falls_with_training(mnist_dir):
-    from genbench.bench.data import batches, epoch_order, load_mnist
+    from genbench.bench.engine.data import batches, epoch_order, load_mnist
 
     data = load_mnist(mnist_dir)
     torch.manual_seed(0)

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from genbench.bench.engine.timing import threads_text
 from genbench.bench.report.load import Run
-from genbench.bench.timing import threads_text
 from genbench.metrics.reconstruction import BCE, MSE
 
 BUSY_CORES = 0.5  # cores busy with other processes at the start above which a run is "beside others"

@@ -141,7 +141,7 @@ def nearest_training_images(
 def load_training_images(data_dir: Path | None, dataset: str):
     """The training images uint8 (N, C, H, W) of the group's dataset, or None and the reason; never
     downloads."""
-    from genbench.bench import data as bench_data
+    from genbench.bench.engine import data as bench_data
 
     try:
         return bench_data.load_dataset(dataset, data_dir, download_missing=False).train, ""

@@ -10,10 +10,10 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from genbench.bench.data import DEFAULT_DATASET, default_feature_networks, get_dataset_spec
-from genbench.bench.settings import EVAL, TRAIN, RunSettings
-from genbench.bench.timing import device_name
-from genbench.bench.train import RunOptions
+from genbench.bench.engine.data import DEFAULT_DATASET, default_feature_networks, get_dataset_spec
+from genbench.bench.engine.timing import device_name
+from genbench.bench.engine.train import RunOptions
+from genbench.bench.planning.settings import EVAL, TRAIN, RunSettings
 from genbench.core import files
 from genbench.core.errors import UsageError, UserError
 from genbench.metrics.base import EVAL_PROFILES, EvalConfig
@@ -62,7 +62,7 @@ class RunPlan:
     model_config: Any
     train_config: TrainConfig
     eval_config: EvalConfig
-    dataset: str = DEFAULT_DATASET  # bench.data registry name; --resume keeps it
+    dataset: str = DEFAULT_DATASET  # bench.engine.data registry name; --resume keeps it
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed into this run."""

@@ -12,11 +12,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from genbench.bench.checkpoint import load_weights
-from genbench.bench.device import resolve_device
-from genbench.bench.plan import RunPlan, read_run
-from genbench.bench.results import CHECKPOINT
-from genbench.bench.sample_files import output_format, write_samples
+from genbench.bench.engine.checkpoint import load_weights
+from genbench.bench.engine.device import resolve_device
+from genbench.bench.planning.plan import RunPlan, read_run
+from genbench.bench.record.results import CHECKPOINT
+from genbench.bench.record.sample_files import output_format, write_samples
 from genbench.core import files
 from genbench.core.errors import UsageError, UserError
 from genbench.metrics.base import sample_batch

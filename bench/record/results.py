@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from genbench.bench.data import DEFAULT_DATASET
+from genbench.bench.engine.data import DEFAULT_DATASET
 from genbench.core.errors import UserError
 from genbench.core.files import read_json, write_json
 

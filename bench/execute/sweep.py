@@ -40,13 +40,13 @@ import submitit
 from submitit.core.job_environment import JobEnvironment
 from submitit.core.utils import JobPaths
 
-from genbench.bench import results
-from genbench.bench.data import DEFAULT_DATASET, resolve_data_dir
-from genbench.bench.device import resolve_device
-from genbench.bench.plan import RunRequest, as_data, plan, read_run
-from genbench.bench.run import run_all
-from genbench.bench.settings import EVAL, TRAIN, RunSettings
-from genbench.bench.train import TrainingInterrupted
+from genbench.bench.engine.data import DEFAULT_DATASET, resolve_data_dir
+from genbench.bench.engine.device import resolve_device
+from genbench.bench.engine.train import TrainingInterrupted
+from genbench.bench.execute.run import run_all
+from genbench.bench.planning.plan import RunRequest, as_data, plan, read_run
+from genbench.bench.planning.settings import EVAL, TRAIN, RunSettings
+from genbench.bench.record import results
 from genbench.core import files
 from genbench.core.errors import UsageError, UserError
 

@@ -1,6 +1,6 @@
 """Data-parallel training of one run on N processes, on PyTorch's own engine (torchrun, c10d).
 
-``torchrun --nproc-per-node N -m genbench.bench.cli run ...`` (or ``bench run --nproc N``, which
+``torchrun --nproc-per-node N -m genbench.bench.commands.cli run ...`` (or ``bench run --nproc N``, which
 starts torchrun through its own API) runs N copies of the same run: NCCL with one GPU per local
 rank, gloo on CPUs. The protocol stays the one of a single process:
 
@@ -230,7 +230,7 @@ def launch(nproc: int, request: dict[str, Any]) -> None:
 
     args = torchrun.get_args_parser().parse_args(
         ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "--local-ranks-filter=0",
-         "-m", "genbench.bench.cli", "run-worker"]
+         "-m", "genbench.bench.commands.cli", "run-worker"]
     )  # fmt: skip
     os.environ[ENV_REQUEST] = json.dumps(request)
     # The agent's own log lines (rendezvous, "sending SIGTERM", a failure's exit code) repeat what

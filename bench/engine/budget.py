@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from genbench.bench.timing import hardware_name, synchronize, threads_text
+from genbench.bench.engine.timing import hardware_name, synchronize, threads_text
 from genbench.metrics.compute import training_step_flops
 from genbench.models.base import GenerativeModel, TrainConfig
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import click
 
 try:  # importing torch takes seconds: a Ctrl-C then has nothing to clean up and no traceback to show
-    from genbench.bench import cli_tools
-    from genbench.bench.cli_options import (
+    from genbench.bench.commands import cli_tools
+    from genbench.bench.engine.data import DEFAULT_DATASET
+    from genbench.bench.planning.cli_options import (
         DATASET_NAMES,
         Renamed,
         _load_plugins,
@@ -24,9 +25,8 @@ try:  # importing torch takes seconds: a Ctrl-C then has nothing to clean up and
         dataset_option,
         out_option,
     )
-    from genbench.bench.data import DEFAULT_DATASET
-    from genbench.bench.results import check_writable_folder
-    from genbench.bench.settings import settings_options
+    from genbench.bench.planning.settings import settings_options
+    from genbench.bench.record.results import check_writable_folder
     from genbench.core.errors import UserError
     from genbench.models.base import ALIASES, MODELS, PROFILE_NAMES, model_names
 except KeyboardInterrupt:
@@ -118,9 +118,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def run(models, profile, seeds, out, name, overwrite, resume, reevaluate, cache_dir, progress, tensorboard,
         dry_run, nproc, **settings) -> None:  # fmt: skip
     """Train and evaluate models; one run folder per (model, seed) under OUT."""
-    from genbench.bench import run as runs
-    from genbench.bench.plan import RunRequest
-    from genbench.bench.settings import RunSettings
+    from genbench.bench.execute import run as runs
+    from genbench.bench.planning.plan import RunRequest
+    from genbench.bench.planning.settings import RunSettings
 
     request = RunRequest(
         models=models, profile=profile, seeds=seeds, settings=RunSettings.from_options(**settings), out=out,
@@ -133,7 +133,7 @@ def run(models, profile, seeds, out, name, overwrite, resume, reevaluate, cache_
 @cli.command("run-worker", hidden=True)
 def run_worker() -> None:
     """One rank of `bench run --nproc N`: torchrun starts it with the parsed request in the environment."""
-    from genbench.bench import run as runs
+    from genbench.bench.execute import run as runs
 
     _load_plugins()
     runs.run_all(runs.request_from_environment(), echo=click.echo)
@@ -302,8 +302,8 @@ def sweep(
     """A grid of runs (models x seeds x profiles x datasets) through submitit, one job per run, into
     OUT: Slurm job arrays, or this machine's local executor. Submitted again, a sweep skips its done
     runs, resumes its interrupted ones and starts the rest; `bench report --results OUT` gathers them."""
-    from genbench.bench import sweep as sweeps
-    from genbench.bench.settings import RunSettings
+    from genbench.bench.execute import sweep as sweeps
+    from genbench.bench.planning.settings import RunSettings
 
     if show_status:
         click.echo(sweeps.status(out, name).to_string(index=False))

@@ -7,7 +7,7 @@ suite's atomic writer and read with ``weights_only=True``, so loading it cannot 
 
 In a data-parallel run rank 0 writes it (every rank holds the same weights, optimizer states and
 loop state; batch-updated buffers are rank 0's, as validation uses them) and every rank loads it;
-training noise is reseeded per step and rank (``bench.distributed.seed_step``), so rank 0's RNG
+training noise is reseeded per step and rank (``bench.engine.distributed.seed_step``), so rank 0's RNG
 states are all a resume needs, with any number of processes.
 """
 

@@ -7,7 +7,7 @@ samples.png, samples.pt, interpolation.png (latent models), checkpoints/last.pt,
 and host) while a process runs it.
 
 Under torchrun (or ``bench run --nproc N``, which starts it) every rank runs ``run_all`` on the same
-request; rank 0 alone creates run folders and writes their files (``genbench.bench.distributed``).
+request; rank 0 alone creates run folders and writes their files (``genbench.bench.engine.distributed``).
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ from typing import Any
 
 import torch
 
-from genbench.bench import distributed, results, tensorboard, threads
-from genbench.bench.checkpoint import load_checkpoint
-from genbench.bench.data import Dataset, load_dataset, resolve_data_dir
-from genbench.bench.device import prepare_model, resolve_device, resolve_precision
-from genbench.bench.evaluate import evaluate, metrics_document, protocol_block
-from genbench.bench.plan import (
+from genbench.bench.engine import distributed, threads
+from genbench.bench.engine.checkpoint import load_checkpoint
+from genbench.bench.engine.data import Dataset, load_dataset, resolve_data_dir
+from genbench.bench.engine.device import prepare_model, resolve_device, resolve_precision
+from genbench.bench.engine.evaluate import evaluate, metrics_document, protocol_block
+from genbench.bench.engine.timing import threads_text
+from genbench.bench.engine.train import RunOptions, StopFlag, Trainer, TrainingInterrupted
+from genbench.bench.planning.plan import (
     RunPlan,
     RunRequest,
     as_data,
@@ -40,10 +42,9 @@ from genbench.bench.plan import (
     plan_runs,
     read_run,
 )
-from genbench.bench.results import CHECKPOINT
-from genbench.bench.settings import RunSettings
-from genbench.bench.timing import threads_text
-from genbench.bench.train import RunOptions, StopFlag, Trainer, TrainingInterrupted
+from genbench.bench.planning.settings import RunSettings
+from genbench.bench.record import results, tensorboard
+from genbench.bench.record.results import CHECKPOINT
 from genbench.core import files
 from genbench.core.distributed import is_distributed, rank, world_size
 from genbench.core.errors import UsageError, UserError
@@ -280,7 +281,7 @@ def _processes(request: RunRequest) -> int:
 def _threads(
     settings: RunSettings, device: torch.device, config: dict[str, Any] | None
 ) -> dict[str, Any] | None:
-    """Set torch's CPU threads for the next run (bench.threads); its record for config.json."""
+    """Set torch's CPU threads for the next run (bench.engine.threads); its record for config.json."""
     if device.type != "cpu":
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)

@@ -1,5 +1,5 @@
 """``bench eval --samples`` and ``genbench.score_samples``: samples of a generator genbench did not
-train (read and checked by ``bench.sample_files``), scored by the sample-quality metrics of a
+train (read and checked by ``bench.record.sample_files``), scored by the sample-quality metrics of a
 profile's protocol beside the real-data floor for the same count.
 
 ``bench eval --samples`` writes ``<results>/ext-<name>-<time>/`` (config.json, status.json,
@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genbench.bench import results
-from genbench.bench.data import DEFAULT_DATASET, get_dataset_spec, load_dataset
-from genbench.bench.device import resolve_device
-from genbench.bench.evaluate import protocol_block
-from genbench.bench.sample_files import Samples, as_nchw, check_images, read_samples
-from genbench.bench.scoring import EvalRequest, check_networks, eval_config, stamp
+from genbench.bench.commands.scoring import EvalRequest, check_networks, eval_config, stamp
+from genbench.bench.engine.data import DEFAULT_DATASET, get_dataset_spec, load_dataset
+from genbench.bench.engine.device import resolve_device
+from genbench.bench.engine.evaluate import protocol_block
+from genbench.bench.record import results
+from genbench.bench.record.sample_files import Samples, as_nchw, check_images, read_samples
 from genbench.core import files
 from genbench.core.errors import UsageError, UserError
 from genbench.core.schema import SCHEMA_VERSION, Value, entry

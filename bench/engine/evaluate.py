@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from genbench.bench.data import Dataset
-from genbench.bench.device import exact_fp32
-from genbench.bench.timing import hardware_name
+from genbench.bench.engine.data import Dataset
+from genbench.bench.engine.device import exact_fp32
+from genbench.bench.engine.timing import hardware_name
 from genbench.core.errors import UserError
 from genbench.core.files import save_image_grid, save_torch
 from genbench.core.schema import SCHEMA_VERSION, Value, entry, variant_key

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from genbench.bench.cli_options import (
+from genbench.bench.engine.data import DEFAULT_DATASET
+from genbench.bench.planning.cli_options import (
     CLASSIFIER_NAMES,
     _load_plugins,
     _parse_device,
@@ -17,9 +18,8 @@ from genbench.bench.cli_options import (
     networks_option,
     out_option,
 )
-from genbench.bench.data import DEFAULT_DATASET
-from genbench.bench.results import SEED_LIMIT, check_writable_folder
-from genbench.bench.settings import setting_options
+from genbench.bench.planning.settings import setting_options
+from genbench.bench.record.results import SEED_LIMIT, check_writable_folder
 from genbench.core import files
 from genbench.models.base import PROFILE_NAMES
 
@@ -47,8 +47,8 @@ def floors(
     inception_weights,
 ) -> None:  # fmt: skip
     """Real-data floors: FID/KID/PR of train vs test and IS of the test set, per network and count."""
-    from genbench.bench.data import default_feature_networks, load_dataset
-    from genbench.bench.device import resolve_device
+    from genbench.bench.engine.data import default_feature_networks, load_dataset
+    from genbench.bench.engine.device import resolve_device
     from genbench.metrics import fidelity
 
     device_ = resolve_device(device)
@@ -95,8 +95,8 @@ def floors(
 )
 def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
     """Re-create a dataset's feature network deterministically (weights + .sha256)."""
-    from genbench.bench.data import load_dataset
-    from genbench.bench.device import resolve_device
+    from genbench.bench.engine.data import load_dataset
+    from genbench.bench.engine.device import resolve_device
     from genbench.metrics import features
 
     spec = features.get_classifier_spec(dataset)
@@ -166,9 +166,9 @@ def eval_(
     """Evaluate RUN_DIR's checkpoint under another protocol (the result goes to a new folder beside
     the run, RUN_DIR+eval-NAME; the run is never touched), or score --samples of a generator genbench
     did not train (RESULTS/ext-NAME-TIME, with the real-data floor at the same count)."""
-    from genbench.bench import external, scoring
-    from genbench.bench.run import summary_line
-    from genbench.bench.settings import RunSettings
+    from genbench.bench.commands import external, scoring
+    from genbench.bench.execute.run import summary_line
+    from genbench.bench.planning.settings import RunSettings
 
     request = scoring.EvalRequest(
         run_dir=run_dir, samples=samples, key=key, dataset=dataset, profile=profile, n_samples=n_samples,
@@ -204,7 +204,7 @@ def eval_(
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def sample(run_dir, n, out, mode, seed, device, progress) -> None:
     """Draw N samples of a trained run with the weights it was evaluated with (EMA where it kept them)."""
-    from genbench.bench.sampling import sample_run
+    from genbench.bench.commands.sampling import sample_run
 
     _load_plugins()
     click.echo(sample_run(run_dir, n, out, mode=mode, seed=seed, device=device, progress=progress))

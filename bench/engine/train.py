@@ -5,12 +5,12 @@ model owns its math through ``train_step`` and ``loss``.
 Host syncs happen only every ``log_every`` steps (history row, progress, divergence check) and
 before each checkpoint, so a checkpoint never holds a state reached through a diverged loss.
 
-Under torchrun the same loop runs on every rank (``genbench.bench.distributed``): each trains on its
+Under torchrun the same loop runs on every rank (``genbench.bench.engine.distributed``): each trains on its
 slice of the global batch, logs the mean over ranks, and rank 0 alone writes checkpoints and the
 history. A time budget (``TrainConfig.time_budget_s``) ends training like the last step of the
 schedule does, at the first step boundary past it, and the steps reached are recorded. A compute
 budget (``TrainConfig.compute_budget``, FLOPs) decides the steps before training starts
-(``genbench.bench.budget``). Either budget alone decides the steps: epochs and max_steps do not cap it.
+(``genbench.bench.engine.budget``). Either budget alone decides the steps: epochs and max_steps do not cap it.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from genbench.bench.budget import count_step, measure_peak, planned_steps
-from genbench.bench.checkpoint import LoopState, restore, save_checkpoint
-from genbench.bench.data import Dataset, epoch_order
-from genbench.bench.device import autocast, exact_fp32
-from genbench.bench.distributed import (
+from genbench.bench.engine.budget import count_step, measure_peak, planned_steps
+from genbench.bench.engine.checkpoint import LoopState, restore, save_checkpoint
+from genbench.bench.engine.data import Dataset, epoch_order
+from genbench.bench.engine.device import autocast, exact_fp32
+from genbench.bench.engine.distributed import (
     any_rank,
     broadcast_,
     broadcast_module,
@@ -42,9 +42,9 @@ from genbench.bench.distributed import (
     seed_step,
     shard,
 )
-from genbench.bench.optim import EMA, Optimizers
-from genbench.bench.tensorboard import Board
-from genbench.bench.timing import PeakMemory, Stopwatch, device_name, synchronize
+from genbench.bench.engine.optim import EMA, Optimizers
+from genbench.bench.engine.timing import PeakMemory, Stopwatch, device_name, synchronize
+from genbench.bench.record.tensorboard import Board
 from genbench.core.distributed import all_reduce_, derive_seed, map_batches, rank, world_size
 from genbench.core.errors import UserError
 from genbench.core.files import write_text
@@ -89,7 +89,7 @@ class RunOptions:
     progress: bool = True
     warmup_steps: int = 5  # steps excluded from the throughput figure (allocator, cudnn autotune, compile)
     processes: int = 1  # data-parallel ranks (torchrun): the same global batches, each rank a slice
-    threads: dict[str, Any] | None = None  # bench.threads.ThreadChoice.record() of a CPU run
+    threads: dict[str, Any] | None = None  # bench.engine.threads.ThreadChoice.record() of a CPU run
     tensorboard: bool = False  # also write history rows and sample grids to <run>/tensorboard/
 
 
@@ -215,7 +215,7 @@ class Trainer:
                 f"--batch-size {cfg.batch_size} exceeds the {len(data.train)} training images; lower it"
             )
         # Counted once, before the clock starts, on the real model at the run's batch size: the steps
-        # of a compute budget and the run's FLOP numbers (bench.budget; the model is left untouched).
+        # of a compute budget and the run's FLOP numbers (bench.engine.budget; the model is left untouched).
         self.compute = count_step(model, data.train[: cfg.batch_size])
         self.compute["peak_flops_per_s"], self.compute["peak_protocol"] = measure_peak(
             options.device, options.precision

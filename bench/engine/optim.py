@@ -4,7 +4,7 @@ run's TrainConfig: the loop owns them, so no model re-implements its own step fo
 A model's ``train_step`` calls ``Optimizers.step(group, loss)`` once per parameter group it
 updates (the GAN twice: "d", then "g"). In a data-parallel run that step is where gradients are
 averaged across ranks, before clipping, so every rank clips and steps the same global gradient
-(``genbench.bench.distributed``).
+(``genbench.bench.engine.distributed``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from genbench.bench.distributed import average_gradients
+from genbench.bench.engine.distributed import average_gradients
 from genbench.models.base import GenerativeModel, TrainConfig
 
 

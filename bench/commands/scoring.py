@@ -1,5 +1,5 @@
 """``bench eval``: measure what was not measured in the run that made it. This module holds the
-request both modes share and the first mode; ``bench.external`` scores other generators' samples.
+request both modes share and the first mode; ``bench.commands.external`` scores other generators' samples.
 
 A run's checkpoint under another evaluation protocol (more samples, more test images, another IWAE
 k, other feature networks, another sampler step count) goes to a new folder beside the run,
@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
-from genbench.bench import results
-from genbench.bench.data import default_feature_networks, load_dataset
-from genbench.bench.device import resolve_device
-from genbench.bench.evaluate import evaluate, metrics_document, protocol_block
-from genbench.bench.sampling import load_run, read_checked
-from genbench.bench.settings import RunSettings
-from genbench.bench.timing import device_name
+from genbench.bench.commands.sampling import load_run, read_checked
+from genbench.bench.engine.data import default_feature_networks, load_dataset
+from genbench.bench.engine.device import resolve_device
+from genbench.bench.engine.evaluate import evaluate, metrics_document, protocol_block
+from genbench.bench.engine.timing import device_name
+from genbench.bench.planning.settings import RunSettings
+from genbench.bench.record import results
 from genbench.core import files
 from genbench.core.errors import UsageError, UserError
 from genbench.metrics.base import EVAL_PROFILES, EvalConfig

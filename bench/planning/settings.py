@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from genbench.bench.cli_options import _NamedFolder, _options, _parse_device
-from genbench.bench.data import DEFAULT_DATASET
+from genbench.bench.engine.data import DEFAULT_DATASET
+from genbench.bench.planning.cli_options import _NamedFolder, _options, _parse_device
 
 TRAIN, EVAL = "train_config", "eval_config"  # the configs an override sets a field of
 

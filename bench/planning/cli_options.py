@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from genbench.bench.data import DEFAULT_DATASET
-from genbench.bench.results import SEED_LIMIT, check_run_name
+from genbench.bench.engine.data import DEFAULT_DATASET
+from genbench.bench.record.results import SEED_LIMIT, check_run_name
 from genbench.models.base import ALIASES, model_names
 
 
@@ -23,7 +23,7 @@ def _options(*decorators):
 
 
 # The registries' names, spelled here so that `bench --help` does not import torch-fidelity;
-# tests/test_datasets.py checks them against bench.data.DATASETS and metrics.fidelity.NETWORKS.
+# tests/test_datasets.py checks them against bench.engine.data.DATASETS and metrics.fidelity.NETWORKS.
 DATASET_NAMES = ("mnist", "fashion-mnist", "binarized-mnist", "cifar10")
 NETWORK_NAMES = ("mnist", "fashion-mnist", "inception")
 CLASSIFIER_NAMES = ("mnist", "fashion-mnist")

@@ -1,0 +1,2 @@
+"""Planning: run settings declared once, and pure functions from a request to the fully
+resolved runs (one run or a sweep)."""

@@ -1,0 +1,1 @@
+"""The record: what a run writes (metrics.json, status, sample files, TensorBoard events)."""
