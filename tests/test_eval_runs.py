@@ -93,6 +93,26 @@ def test_reevaluation_has_its_own_protocol_and_the_runs_own_numbers(run_dir, ree
         assert m[key]["value"] == o[key]["value"] is not None, key
 
 
+def test_reevaluating_a_budgeted_run_keeps_its_budget_in_the_protocol(tmp_path, data):
+    """A run cut at a compute budget is another comparison than a full schedule: its re-evaluation
+    carries the budget too, or the report would group it with unbudgeted runs."""
+    plan = plans.plan(
+        "flow",
+        "smoke",
+        0,
+        train_overrides={"compute_budget": 1.0, "batch_size": 16},
+        eval_overrides={"n_test": 32, "iwae_images": 8, "n_samples": 32, "feature_networks": ()},
+    )  # fmt: skip  (1 FLOP buys one step; a flow's samples spread from its first step)
+    run_dir = runs.start(plan, CPU, tmp_path / "results", name="b")
+    runs.execute(run_dir, data, CPU)
+    request = scoring.EvalRequest(
+        run_dir=run_dir, n_samples=48, name="n48", settings=RunSettings(device="cpu")
+    )
+    report, _ = scoring.reevaluate(request, echo=click.echo, data=data)
+    assert report["protocol"]["compute_budget"] == 1.0 and report["protocol"]["n_samples"] == 48
+    assert json.loads((run_dir / "metrics.json").read_text())["protocol"]["compute_budget"] == 1.0
+
+
 def test_the_report_shows_the_reevaluation_as_a_second_protocol_group(run_dir, reevaluated):
     groups = load_results(run_dir.parent).groups
     assert sorted(g.protocol["n_samples"] for g in groups) == [256, 300]
