@@ -26,9 +26,6 @@ from genbench.core.distributed import derive_seed
 from genbench.metrics.base import EvalConfig
 from genbench.models.base import GenerativeModel
 
-# The metrics evaluated at a rung: the likelihood (exact, bound or estimate; AIS for a decoder-only
-# model) and the sample-quality metrics of each feature network of the profile.
-LIKELIHOOD_METRICS = ("likelihood", "ais")
 STEPS_RULE = "steps = ceil(compute / train_flops_per_step)"
 
 # A rung's evaluation: (model, rung index) -> {metrics.json key: entry}.
@@ -45,8 +42,11 @@ def rung_config(config: EvalConfig) -> EvalConfig:
     return dataclasses.replace(config, n_samples=min(config.ladder_samples, config.n_samples))
 
 
-def rung_metrics(config: EvalConfig) -> tuple[str, ...]:
-    return (*LIKELIHOOD_METRICS, *(f"fidelity_{net}" for net in config.feature_networks or ()))
+def rung_metrics(config: EvalConfig, model: GenerativeModel) -> tuple[str, ...]:
+    """The likelihood the family states (exact, bound or estimate), AIS for a model without one,
+    and FID, IS (and the other sample-quality numbers) of each of the profile's feature networks."""
+    likelihood = ("likelihood",) if model.likelihood is not None else ("ais",)
+    return (*likelihood, *(f"fidelity_{net}" for net in config.feature_networks or ()))
 
 
 def rung_evaluation(
@@ -60,7 +60,7 @@ def rung_evaluation(
         try:
             entries = evaluate(
                 model, data, ladder_config, device, rung_seed(seed, index), cache_dir=cache_dir,
-                only=rung_metrics(ladder_config),
+                only=rung_metrics(ladder_config, model),
             )  # fmt: skip
         except SampleCollapse as exc:
             return {"metrics": {}, "na": str(exc)}
