@@ -97,14 +97,14 @@ def evaluate(
         train_summary=dict(train_summary or {}),
         progress=progress,
     )
-    check_not_collapsed(model, ctx.samples(), data.test)
+    selected = [m for m in METRICS.values() if only is None or m.name in only]
+    if any("samples" in m.needs for m in selected):
+        check_not_collapsed(model, ctx.samples(), data.test)
     modes = model.sample_modes()
     default_mode = next(iter(modes))
     sample_batch = config.sample_batch_size(device)
     entries: dict[str, dict[str, Any]] = {}
-    for metric in METRICS.values():
-        if only is not None and metric.name not in only:
-            continue
+    for metric in selected:
         reason = missing_capability(model, metric.needs)
         for mode in modes if "samples" in metric.needs else (default_mode,):
             # Each metric starts from the same seed, so its noise (dequantization, posterior samples)

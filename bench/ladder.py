@@ -42,28 +42,29 @@ def rung_config(config: EvalConfig) -> EvalConfig:
     return dataclasses.replace(config, n_samples=min(config.ladder_samples, config.n_samples))
 
 
-def rung_metrics(config: EvalConfig, model: GenerativeModel) -> tuple[str, ...]:
-    """The likelihood the family states (exact, bound or estimate), AIS for a model without one,
-    and FID, IS (and the other sample-quality numbers) of each of the profile's feature networks."""
+def rung_metrics(config: EvalConfig, model: GenerativeModel) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The likelihood the family states (exact, bound or estimate; AIS for a model without one), and
+    FID, IS (and the other sample-quality numbers) of each of the profile's feature networks."""
     likelihood = ("likelihood",) if model.likelihood is not None else ("ais",)
-    return (*likelihood, *(f"fidelity_{net}" for net in config.feature_networks or ()))
+    return likelihood, tuple(f"fidelity_{net}" for net in config.feature_networks or ())
 
 
 def rung_evaluation(
     data: Dataset, config: EvalConfig, device: torch.device, seed: int, cache_dir: Path | None
 ) -> RungEvaluation:
-    """The evaluation the loop runs at each rung of the run with ``seed``: a collapsed model (an early
-    GAN) has no numbers at that rung, with the reason, instead of failing the run."""
+    """The evaluation the loop runs at each rung of the run with ``seed``. Samples collapsed to one
+    image or flat ones (an early GAN or VAE) have no sample-quality numbers at that rung ("na" says
+    why) instead of failing the run; the likelihood is measured all the same."""
     ladder_config = rung_config(config)
 
     def at_rung(model: GenerativeModel, index: int) -> dict[str, Any]:
+        likelihood, quality = rung_metrics(ladder_config, model)
+        common = dict(cache_dir=cache_dir, seed=rung_seed(seed, index), device=device)
+        entries = evaluate(model, data, ladder_config, only=likelihood, **common)
         try:
-            entries = evaluate(
-                model, data, ladder_config, device, rung_seed(seed, index), cache_dir=cache_dir,
-                only=rung_metrics(ladder_config, model),
-            )  # fmt: skip
+            entries |= evaluate(model, data, ladder_config, only=quality, **common)
         except SampleCollapse as exc:
-            return {"metrics": {}, "na": str(exc)}
+            return {"metrics": entries, "na": f"no sample-quality numbers: {exc}"}
         return {"metrics": entries}
 
     return at_rung

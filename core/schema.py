@@ -19,7 +19,8 @@ metrics.json (schema 2)::
 
 A RUNG: {"compute": FLOPs of the rung, "steps": ceil(compute / FLOPs per step), "train_flops":
 steps x FLOPs per step, "protocol": {...}, "metrics": {KEY: ENTRY, ...}} (the likelihood and
-sample-quality entries at that step), with "na" (why) when the model had no numbers there.
+sample-quality entries at that step), with "na" (why) where its samples had collapsed and have no
+sample-quality numbers.
 
 An ENTRY (``entry(output, value)``)::
 
