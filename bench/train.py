@@ -11,6 +11,8 @@ history. A time budget (``TrainConfig.time_budget_s``) ends training like the la
 schedule does, at the first step boundary past it, and the steps reached are recorded. A compute
 budget (``TrainConfig.compute_budget``, FLOPs) decides the steps before training starts
 (``genbench.bench.budget``). Either budget alone decides the steps: epochs and max_steps do not cap it.
+A compute ladder (an increasing tuple of budgets) trains to its last rung and evaluates the model at
+each rung's step (``genbench.bench.ladder``).
 """
 
 from __future__ import annotations
@@ -27,24 +29,24 @@ import torch
 from genbench.bench.budget import count_step, measure_peak, planned_steps, rung_steps
 from genbench.bench.checkpoint import LoopState, restore, save_checkpoint
 from genbench.bench.data import Dataset, epoch_order
-from genbench.bench.device import autocast, exact_fp32
+from genbench.bench.device import autocast
 from genbench.bench.distributed import (
     any_rank,
-    broadcast_,
     broadcast_module,
     check_batch_size,
     seed_step,
     shard,
 )
-from genbench.bench.ladder import RungEvaluation, rung_record
+from genbench.bench.in_run_evaluation import InRunEvaluation, validate
+from genbench.bench.ladder import RungEvaluation
 from genbench.bench.optim import EMA, Optimizers
 from genbench.bench.steplog import Diverged, NonFiniteLoss, StepLog, write_history
 from genbench.bench.stopflag import StopFlag
 from genbench.bench.tensorboard import Board
 from genbench.bench.timing import PeakMemory, device_name, synchronize
-from genbench.core.distributed import derive_seed, map_batches, rank, world_size
+from genbench.core.distributed import rank, world_size
 from genbench.core.errors import UserError
-from genbench.models.base import GenerativeModel, TrainConfig, bits_per_dim
+from genbench.models.base import GenerativeModel, TrainConfig
 
 __all__ = [
     "Diverged", "NonFiniteLoss", "RunOptions", "StopFlag", "Trainer", "TrainingInterrupted", "validate",
@@ -78,45 +80,13 @@ class RunOptions:
     tensorboard: bool = False  # also write history rows and sample grids to <run>/tensorboard/
 
 
-@torch.no_grad()
-def validate(
-    model: GenerativeModel, images: torch.Tensor, batch_size: int, options: RunOptions, seed: int = 0
-) -> dict[str, float]:
-    """Mean of the model's loss terms over ``images``; bits/dim too for likelihood models (whose
-    "loss" is the NLL, or negative bound, in nats per image). Runs in fp32 like the evaluation (no
-    TF32 either: ``exact_fp32``), so validation bits/dim are comparable with the final ones. Each
-    batch draws its noise from (seed, batch) on a forked generator, leaving the training stream as
-    it was; under torchrun the batches are split across ranks, giving a single process's numbers."""
-
-    def sums(index: int, start: int, stop: int) -> dict[str, float]:
-        torch.manual_seed(derive_seed("validation", seed, index))
-        return {
-            key: float(value.float()) * (stop - start)
-            for key, value in model.loss(images[start:stop]).items()
-        }
-
-    model.eval()
-    with torch.random.fork_rng(devices=_rng_devices(options.device)), exact_fp32():
-        per_batch = map_batches(sums, len(images), batch_size)
-    model.train()
-    means = {key: sum(batch[key] for batch in per_batch) / len(images) for key in per_batch[0]}
-    if model.likelihood is not None:
-        means["bpd"] = float(bits_per_dim(means["loss"], model.dims))
-    return means
-
-
-def _rng_devices(device: torch.device) -> list[int]:
-    if device.type != "cuda":
-        return []
-    return [device.index if device.index is not None else torch.cuda.current_device()]
-
-
-class Trainer:
+class Trainer(InRunEvaluation):
     """Trains one model to cfg.epochs (or cfg.max_steps, or a budget), validating at each epoch end,
     checkpointing to ``checkpoint`` and rewriting ``history`` (CSV) with each checkpoint, so a
-    running or killed run shows its curves. Its parts: the steps (here), the step log between host
-    syncs (``bench.steplog``), checkpoints and resume, validations and the rungs of a compute ladder
-    (``bench.ladder``; evaluated by ``rung_evaluation`` when given, validated in any case).
+    running or killed run shows its curves. Its parts: the steps, checkpoints and resume (here), the
+    step log between host syncs (``bench.steplog``), the validations and the rungs of a compute
+    ladder (``bench.in_run_evaluation``; a rung is evaluated by ``rung_evaluation`` when given, and
+    validated in any case).
 
     After ``run`` the model holds the weights to evaluate: the EMA weights when cfg.ema_decay is
     set, else its own."""
@@ -319,74 +289,6 @@ class Trainer:
                 write_history(self.history, self.state.history)
         self.last_good = self.state.step
         self.log.window.lap()  # checkpoint I/O is not training time
-
-    # --- validations and the rungs of a compute ladder ------------------------------------------
-    def _validation_due(self) -> bool:
-        """A validation spread over the run, not at an epoch end or the last step (those validate)."""
-        step = self.state.step
-        return (
-            self.val_every is not None
-            and step % self.val_every == 0
-            and step % self.steps_per_epoch != 0
-            and step < self.total_steps
-        )
-
-    def _rung_validation_due(self) -> bool:
-        """A rung's point on the validation curves, where no other validation falls."""
-        step = self.state.step
-        return (
-            step in self.rung_steps
-            and not self._validation_due()
-            and step % self.steps_per_epoch != 0
-            and step < self.total_steps
-        )
-
-    def _validate(self, epoch_end: bool = True) -> None:
-        images = self.data.val[: self.cfg.val_images]
-        self._share_buffers()
-        if self.ema is not None:
-            with self.ema.applied(self.model):
-                values = validate(self.model, images, self.cfg.batch_size, self.options, self.seed)
-        else:
-            values = validate(self.model, images, self.cfg.batch_size, self.options, self.seed)
-        self.state.history.append(
-            {
-                "step": self.state.step,
-                "epoch": self.state.epoch,
-                "split": "val",
-                "wall_time_s": self._wall_time(),
-            }
-            | values
-        )
-        if self.board is not None:
-            self.board.validation(self.state.history[-1], self.model, self.seed)
-        if epoch_end:
-            self.state.validated_epoch = self.state.epoch
-        self.log.window.lap()  # validation is not training time
-
-    def _share_buffers(self) -> None:
-        """Buffers that batches update (BatchNorm statistics) and their averages drift apart across
-        ranks; the ranks validate and evaluate with rank 0's, which its checkpoints hold."""
-        broadcast_([*self.model.buffers(), *(self.ema.shadow.values() if self.ema is not None else ())])
-
-    def _rung_if_due(self) -> None:
-        """At a rung's step, once: a checkpoint (the training is safe), the rung's evaluation of the
-        model as it is (its EMA weights where kept), and a checkpoint holding the rung's record."""
-        state = self.state
-        due = [i for i, s in enumerate(self.rung_steps) if s == state.step and i >= len(state.ladder)]
-        if self.rung_evaluation is None or not due:
-            return  # not a rung, or evaluated before the checkpoint this run resumed from
-        self._write_checkpoint()
-        self._share_buffers()
-        for index in due:  # rungs closer than a step share it
-            with torch.random.fork_rng(devices=_rng_devices(self.options.device)):  # training's stream stays
-                with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
-                    evaluated = self.rung_evaluation(self.model, index)
-            self.model.train()
-            flops = self.compute["train_flops_per_step"]
-            rung = self.cfg.compute_rungs[index]
-            state.ladder.append(rung_record(rung, state.step, flops, self.seed, index, evaluated))
-        self._write_checkpoint()
 
     def _summary(self) -> dict[str, Any]:
         state = self.state

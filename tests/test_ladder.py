@@ -184,3 +184,15 @@ def test_best_family_per_rung_names_the_better_and_says_within_noise_when_seeds_
     assert table.loc[("2e+09", "FID (mnist)")]["Best family"].startswith("vae")  # lower FID wins
     few = best_per_rung(group_of(runs[:2] + runs[3:5])).iloc[0]["Beyond seed noise?"]
     assert few.startswith("n too small")
+
+
+def test_a_ladder_config_trains_to_its_last_rung_and_must_increase():
+    from genbench.bench.budget import planned_steps, rung_steps
+    from genbench.models.base import TrainConfig
+
+    ladder = TrainConfig(compute_budget=(1500.0, 2000.0, 4500.0), max_steps=1)
+    assert ladder.compute_rungs == (1500.0, 2000.0, 4500.0)
+    assert rung_steps(ladder.compute_rungs, 1000) == [2, 2, 5] and planned_steps(ladder, 10, 1000) == 5
+    for bad, says in (((2e9, 1e9), "increase"), ((1e9, 1e9), "increase"), ((1e9, -1.0), "positive")):
+        with pytest.raises(ValueError, match=says):
+            TrainConfig(compute_budget=bad)

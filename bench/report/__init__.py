@@ -76,7 +76,9 @@ def build_figures(
     for group in groups:
         runs, name, protocol = group.group.runs, group.name, group.group.protocol
         figures += [plots.plot_metric_bars(name, t, colours) for t in group.tables]
-        figures.append(plot_ladder(group, colours))
+        ladder = plot_ladder(group, colours)
+        if isinstance(ladder, Rendered):  # only a compute ladder's group has the figure
+            figures.append(ladder)
         figures.append(plots.plot_quality_speed(group, colours))
         figures.append(plots.plot_training_curves(name, runs, colours))
         figures.append(plots.plot_validation_bpd(name, runs, colours))
