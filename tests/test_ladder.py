@@ -152,12 +152,16 @@ def test_bad_compute_lists_are_one_line_usage_errors():
 
 
 def ladder_run(model: str, seed: int, bpds: list[float], fids: list[float]) -> Run:
-    def entry(value, unit, order, kind=None):
-        return {"value": value, "unit": unit, "variant": None, "order": order, "kind": kind, "stderr": None}
+    def entry(column, value, label, unit, section, order, kind=None):
+        fields = {"label": label, "unit": unit, "section": section, "order": order, "kind": kind}
+        return {"value": value, "column": column, "variant": None, "stderr": None, **fields}
 
     ladder = [
         {"compute": c, "steps": 10 * (i + 1), "train_flops": c,
-         "metrics": {"bpd": entry(b, "bits/dim", 20, "exact"), "fid_mnist": entry(f, "-", 101)}}
+         "metrics": {"fid_mnist[sample]": entry("fid_mnist", 0.0, "FID (mnist)", "-", "quality", 101),
+                     "bpd": entry("bpd", b, "Bits/dim", "bits/dim", "likelihood", 20, "exact"),
+                     "fid_mnist": entry("fid_mnist", f, "FID (mnist)", "-", "quality", 101),
+                     "is_mnist": entry("is_mnist", 1.0, "IS (mnist)", "-", "quality", 103)}}
         for i, (c, b, f) in enumerate(zip((1e9, 2e9), bpds, fids, strict=True))
     ]  # fmt: skip
     doc = {"model": model, "seed": seed, "protocol": {"feature_networks": {"mnist": "x"}}, "ladder": ladder}
@@ -182,6 +186,7 @@ def test_best_family_per_rung_names_the_better_and_says_within_noise_when_seeds_
     assert overlapping["Best family"].startswith("pixelcnn")
     assert "within seed noise" in overlapping["Beyond seed noise?"]
     assert table.loc[("2e+09", "FID (mnist)")]["Best family"].startswith("vae")  # lower FID wins
+    assert table.loc[("1e+09", "FID (mnist)")]["Best family"] == "vae: 31.00 (n=3)"  # default mode only
     few = best_per_rung(group_of(runs[:2] + runs[3:5])).iloc[0]["Beyond seed noise?"]
     assert few.startswith("n too small")
 

@@ -20,7 +20,7 @@ from genbench.bench.report.figures import Rendered, Skipped, figure, render, sty
 from genbench.bench.report.load import Run
 from genbench.bench.report.tables import GroupTables, format_number
 from genbench.bench.report.verdict import RULE, noise_text
-from genbench.metrics.fidelity import outputs_for
+from genbench.core.schema import KIND_MARKS
 
 BPD = "bits/dim"
 COLUMNS = ("model", "seed", "run_id", "compute", "steps", "train_flops", "metric", "value", "stderr", "kind")
@@ -33,27 +33,18 @@ CAPTION = (
 )
 
 
-def _quality_metric(run: Run) -> tuple[str, str] | None:
-    """(key, label) of the sample-quality number the ladder plots: the FID of the run's first feature
-    network (the verdict's first quality column)."""
-    networks = list(run.protocol.get("feature_networks") or ())
-    if not networks:
-        return None
-    fid = outputs_for(networks[0])[0]
-    return fid.key, fid.label
-
-
-def _rung_values(run: Run, rung: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(metric name, entry) of the rung's bits/dim (the first the family states) and FID."""
+def _rung_values(rung: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(metric label, entry) of the rung's bits/dim (the first the family states) and of its first
+    sample-quality column (FID with the profile's first feature network: the verdict's choice),
+    read from the entries' fields (unit, section, order), at the default sample mode."""
     entries = rung.get("metrics") or {}
+    # the default sample mode's keys are their columns (core.schema: KEY[mode] for the others)
+    stated = [e for k, e in entries.items() if e.get("value") is not None and k == e.get("column")]
     found = []
-    stated = [e for e in entries.values() if e.get("value") is not None and e.get("variant") is None]
-    bpd = sorted((e for e in stated if e.get("unit") == BPD), key=lambda e: e.get("order", 0))
-    if bpd:
-        found.append((BPD, bpd[0]))
-    quality = _quality_metric(run)
-    if quality is not None and (entries.get(quality[0]) or {}).get("value") is not None:
-        found.append((quality[1], entries[quality[0]]))
+    for wanted in (lambda e: e.get("unit") == BPD, lambda e: e.get("section") == "quality"):
+        picked = sorted((e for e in stated if wanted(e)), key=lambda e: e.get("order", 0))
+        if picked:
+            found.append((BPD if picked[0].get("unit") == BPD else picked[0]["label"], picked[0]))
     return found
 
 
@@ -62,7 +53,7 @@ def ladder_points(runs: Sequence[Run]) -> pd.DataFrame:
     rows = []
     for run in runs:
         for rung in run.doc.get("ladder") or ():
-            for metric, entry in _rung_values(run, rung):
+            for metric, entry in _rung_values(rung):
                 rows.append(
                     (run.model, run.seed, run.run_id, rung["compute"], rung["steps"], rung["train_flops"],
                      metric, entry["value"], entry.get("stderr"), entry.get("kind"))
@@ -102,12 +93,16 @@ def plot_ladder(group: GroupTables, colours: dict[str, Any]) -> Rendered | Skipp
 
 
 def best_per_rung(group: GroupTables) -> pd.DataFrame:
-    """Per rung and metric: the best family (lower is better for both), the next, the margin and
-    whether it exceeds seed noise (the verdict's rule)."""
+    """Per rung and metric: the best family (lower is better for both; ≤ marks a bound or an
+    estimate of one), the next, the margin and whether it exceeds seed noise (the verdict's rule)."""
     points = ladder_points(group.group.runs)
     rows = []
     for (compute, metric), part in points.groupby(["compute", "metric"], sort=True):
         values = {m: list(v.value) for m, v in part.groupby("model")}
+        marks = {
+            m: KIND_MARKS.get(v.kind.dropna().iloc[0], "") if v.kind.notna().any() else ""
+            for m, v in part.groupby("model")
+        }
         ranked = sorted(values, key=lambda m: sum(values[m]) / len(values[m]))
         if len(ranked) < 2:
             continue
@@ -115,8 +110,8 @@ def best_per_rung(group: GroupTables) -> pd.DataFrame:
         a, b = values[first], values[second]
         mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
         rows.append(
-            (f"{compute:.3g}", metric, f"{first}: {format_number(mean_a)} (n={len(a)})",
-             f"{second}: {format_number(mean_b)} (n={len(b)})", format_number(mean_b - mean_a),
+            (f"{compute:.3g}", metric, f"{first}: {marks[first]}{format_number(mean_a)} (n={len(a)})",
+             f"{second}: {marks[second]}{format_number(mean_b)} (n={len(b)})", format_number(mean_b - mean_a),
              noise_text(a, b))
         )  # fmt: skip
     return pd.DataFrame(rows, columns=list(HEADERS))
