@@ -13,8 +13,14 @@ metrics.json (schema 2)::
       "seed": 0,
       "protocol": {...},         # run-level: see PROTOCOL_LABELS; equal blocks may be averaged
       "model_protocol": {...},   # the model's own settings that change its numbers (sampler, steps)
-      "metrics": {KEY: ENTRY, ...}
+      "metrics": {KEY: ENTRY, ...},
+      "ladder": [RUNG, ...]      # only for a compute ladder (bench.engine.ladder): one per rung, in order
     }
+
+A RUNG: {"compute": FLOPs of the rung, "steps": ceil(compute / FLOPs per step), "train_flops":
+steps x FLOPs per step, "protocol": {...}, "metrics": {KEY: ENTRY, ...}} (the likelihood and
+sample-quality entries at that step), with "na" (why) where its samples had collapsed and have no
+sample-quality numbers.
 
 An ENTRY (``entry(output, value)``)::
 

@@ -58,6 +58,9 @@ class EvalConfig:
     ais_leapfrog: int = 10
     bdmc_images: int = 0
     ais_select_images: int = 20
+    # Generated samples for FID and IS at each rung of a compute ladder (bench.engine.ladder), at most
+    # n_samples.
+    ladder_samples: int = 2000
 
     def __post_init__(self) -> None:
         for name in ("n_test", "iwae_images"):
@@ -65,7 +68,7 @@ class EvalConfig:
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         ais = ("ais_images", "ais_chains", "ais_steps", "ais_leapfrog", "ais_select_images")
-        for name in ("iwae_k", "n_samples", "batch_size", *ais):
+        for name in ("iwae_k", "n_samples", "batch_size", "ladder_samples", *ais):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.bdmc_images < 0:
@@ -92,6 +95,7 @@ EVAL_PROFILES: dict[str, EvalConfig] = {
         ais_leapfrog=2,
         bdmc_images=4,
         ais_select_images=4,
+        ladder_samples=256,
     ),
     # AIS at about 90k decoder evaluations (forward and backward) of one image per family: ~1 minute
     # for the GAN, ~2 for the VAE on 2 idle CPU cores (README, "Likelihood")
@@ -106,6 +110,7 @@ EVAL_PROFILES: dict[str, EvalConfig] = {
         ais_leapfrog=3,
         bdmc_images=10,
         ais_select_images=10,
+        ladder_samples=500,
     ),
     # 5 sampling calls on a GPU instead of 40 (PixelCNN: ~11 GB of caches at the full size); AIS at
     # Wu et al.'s budget (16 chains, 10,000 intermediate distributions, 10 leapfrog steps)

@@ -65,7 +65,9 @@ class TrainConfig:
     # Train the steps whose counted FLOPs reach this budget, ceil(budget / FLOPs per step) (the loop
     # counts a step at run start: bench.engine.budget); that decides the steps, whatever epochs and
     # max_steps say.
-    compute_budget: float | None = None
+    # An increasing tuple is a compute ladder: training runs to the last rung and the model is
+    # evaluated at each (bench.engine.ladder).
+    compute_budget: float | tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "val_images", "validations", "checkpoint_every", "log_every"):
@@ -93,16 +95,25 @@ class TrainConfig:
             math.isfinite(self.time_budget_s) and self.time_budget_s > 0
         ):
             raise ValueError(f"time_budget_s must be a positive number of seconds, got {self.time_budget_s}")
-        if self.compute_budget is not None and not (
-            math.isfinite(self.compute_budget) and self.compute_budget > 0
-        ):
+        rungs = self.compute_rungs
+        if not all(isinstance(r, int | float) and math.isfinite(r) and r > 0 for r in rungs):
             raise ValueError(f"compute_budget must be a positive number of FLOPs, got {self.compute_budget}")
+        if any(a >= b for a, b in zip(rungs, rungs[1:], strict=False)):
+            raise ValueError(f"a compute ladder must increase, got {self.compute_budget}")
         if self.compute_budget is not None and self.time_budget_s is not None:
             raise ValueError("a run has one budget: give compute_budget (FLOPs) or time_budget_s, not both")
         if self.time_budget_s is not None and self.schedule == "cosine":
             # The decay is a function of the planned last step, which a budget cuts short: the same
             # steps run with --max-steps would decay to 0 at another step, and not repeat the run.
             raise ValueError("a time budget cannot end a cosine learning-rate schedule; use a constant one")
+
+    @property
+    def compute_rungs(self) -> tuple[float, ...]:
+        """The compute budget's rungs in FLOPs: one for a single budget, none without one."""
+        if self.compute_budget is None:
+            return ()
+        budget = self.compute_budget
+        return tuple(budget) if isinstance(budget, tuple) else (budget,)
 
 
 # A profile is a factory so that every call returns fresh, independent configs.

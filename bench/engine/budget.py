@@ -39,11 +39,16 @@ def planned_steps(cfg: TrainConfig, steps_per_epoch: int, flops_per_step: int) -
     """The steps a run trains: those a compute budget buys; unbounded under a time budget (which
     ends training at a step boundary); else the profile's epochs, capped by max_steps."""
     if cfg.compute_budget is not None:
-        return math.ceil(cfg.compute_budget / flops_per_step)
+        return rung_steps(cfg.compute_rungs, flops_per_step)[-1]
     if cfg.time_budget_s is not None:
         return math.inf
     total = cfg.epochs * steps_per_epoch
     return min(total, cfg.max_steps) if cfg.max_steps is not None else total
+
+
+def rung_steps(rungs: tuple[float, ...], flops_per_step: int) -> list[int]:
+    """The step at which the counted training FLOPs first reach each rung: ceil(rung / flops_per_step)."""
+    return [math.ceil(rung / flops_per_step) for rung in rungs]
 
 
 def count_step(model: GenerativeModel, batch: torch.Tensor) -> dict[str, Any]:

@@ -41,6 +41,8 @@ class LoopState:
     peak_memory_mb: float | None = None  # the highest peak of any session that trained
     finished: bool = False  # training complete: a resume goes straight to evaluation
     budget_stop_s: float | None = None  # the loop's wall time when the time budget ended training
+    # the rungs evaluated so far (bench.engine.ladder)
+    ladder: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def _device_rng(device: torch.device) -> torch.Tensor | None:

@@ -80,9 +80,11 @@ def evaluate(
     run_dir: Path | None = None,
     cache_dir: Path | None = None,
     progress: bool = False,
+    only: tuple[str, ...] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """{metrics.json key: entry} for every output of every registered metric, per sample mode;
-    ``progress``: a bar (or a log line) for each step that goes over images."""
+    """{metrics.json key: entry} for every output of every registered metric (or of the metrics named
+    in ``only``), per sample mode; ``progress``: a bar (or a log line) for each step that goes over
+    images."""
     model.eval()
     ctx = EvalContext(
         model=model,
@@ -95,12 +97,14 @@ def evaluate(
         train_summary=dict(train_summary or {}),
         progress=progress,
     )
-    check_not_collapsed(model, ctx.samples(), data.test)
+    selected = [m for m in METRICS.values() if only is None or m.name in only]
+    if any("samples" in m.needs for m in selected):
+        check_not_collapsed(model, ctx.samples(), data.test)
     modes = model.sample_modes()
     default_mode = next(iter(modes))
     sample_batch = config.sample_batch_size(device)
     entries: dict[str, dict[str, Any]] = {}
-    for metric in METRICS.values():
+    for metric in selected:
         reason = missing_capability(model, metric.needs)
         for mode in modes if "samples" in metric.needs else (default_mode,):
             # Each metric starts from the same seed, so its noise (dequantization, posterior samples)
@@ -129,9 +133,15 @@ def evaluate(
 
 
 def metrics_document(
-    run_id: str, model: GenerativeModel, seed: int, protocol: dict[str, Any], entries: dict[str, Any]
+    run_id: str,
+    model: GenerativeModel,
+    seed: int,
+    protocol: dict[str, Any],
+    entries: dict[str, Any],
+    ladder: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The whole of metrics.json (schema in ``genbench.core.schema``)."""
+    """The whole of metrics.json (schema in ``genbench.core.schema``); "ladder" only for a compute
+    ladder's run (``bench.engine.ladder``)."""
     return {
         "schema": SCHEMA_VERSION,
         "run_id": run_id,
@@ -145,6 +155,7 @@ def metrics_document(
             "likelihood_estimator": model.likelihood_estimator() if model.likelihood else None,
         },
         "metrics": entries,
+        **({"ladder": ladder} if ladder else {}),
     }
 
 

@@ -11,60 +11,47 @@ history. A time budget (``TrainConfig.time_budget_s``) ends training like the la
 schedule does, at the first step boundary past it, and the steps reached are recorded. A compute
 budget (``TrainConfig.compute_budget``, FLOPs) decides the steps before training starts
 (``genbench.bench.engine.budget``). Either budget alone decides the steps: epochs and max_steps do not cap it.
+A compute ladder (an increasing tuple of budgets) trains to its last rung and evaluates the model at
+each rung's step (``genbench.bench.engine.ladder``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
 import math
-import signal
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from genbench.bench.engine.budget import count_step, measure_peak, planned_steps
+from genbench.bench.engine.budget import count_step, measure_peak, planned_steps, rung_steps
 from genbench.bench.engine.checkpoint import LoopState, restore, save_checkpoint
 from genbench.bench.engine.data import Dataset, epoch_order
-from genbench.bench.engine.device import autocast, exact_fp32
+from genbench.bench.engine.device import autocast
 from genbench.bench.engine.distributed import (
     any_rank,
-    broadcast_,
     broadcast_module,
     check_batch_size,
     seed_step,
     shard,
 )
+from genbench.bench.engine.in_run_evaluation import InRunEvaluation, validate
+from genbench.bench.engine.ladder import RungEvaluation
 from genbench.bench.engine.optim import EMA, Optimizers
-from genbench.bench.engine.timing import PeakMemory, Stopwatch, device_name, synchronize
+from genbench.bench.engine.steplog import Diverged, NonFiniteLoss, StepLog, write_history
+from genbench.bench.engine.stopflag import StopFlag
+from genbench.bench.engine.timing import PeakMemory, device_name, synchronize
 from genbench.bench.record.tensorboard import Board
-from genbench.core.distributed import all_reduce_, derive_seed, map_batches, rank, world_size
+from genbench.core.distributed import rank, world_size
 from genbench.core.errors import UserError
-from genbench.core.files import write_text
-from genbench.models.base import GenerativeModel, TrainConfig, bits_per_dim
+from genbench.models.base import GenerativeModel, TrainConfig
 
-
-class Diverged(UserError):
-    """Training diverged (a non-finite or exploding loss). The last good checkpoint is kept."""
-
-
-class NonFiniteLoss(Diverged):
-    """A NaN or infinite loss."""
-
-
-# A loss this many times larger than the one training started from (and than 1, for losses that
-# start near 0) has exploded. Training lowers its loss: no smoke run of the five families (seeds 0
-# and 1) logged a loss above its first; a GAN's losses swing with the balance of G and D by factors
-# of ten at most. The smoke GAN at --lr 1e9 reaches 3e20 at its second step.
-EXPLODING_FACTOR = 1e4
-PLAIN_PROGRESS_EVERY_S = 30.0  # a progress line in logs (stderr not a terminal) at most this often
+__all__ = [
+    "Diverged", "NonFiniteLoss", "RunOptions", "StopFlag", "Trainer", "TrainingInterrupted", "validate",
+    "write_history",
+]  # fmt: skip
 
 
 class TrainingInterrupted(UserError):
@@ -93,101 +80,13 @@ class RunOptions:
     tensorboard: bool = False  # also write history rows and sample grids to <run>/tensorboard/
 
 
-class StopFlag:
-    """Ctrl-C (SIGINT) and a scheduler's SIGTERM, for the whole of a run.
-
-    While the loop trains or writes a checkpoint (``deferring``) a signal only sets the flag: the
-    loop finishes the step, writes a checkpoint and raises TrainingInterrupted, so the checkpoint
-    holds whole steps (a KeyboardInterrupt could land inside an optimizer update). Anywhere else
-    (validation, evaluation, writing results) it raises KeyboardInterrupt at once, like Python's own
-    SIGINT: the checkpoint written before those phases already holds all the training, and a
-    validation or a sampling of a big model stops within one operation instead of minutes later.
-    A second signal always stops at once. ``signal`` and ``phase`` name what was interrupted."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.set = False
-        self.signal: str | None = None  # "SIGINT" or "SIGTERM" once one arrived
-        self.phase = "starting"  # what the run is doing, for the interruption message
-        self._deferring = False
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        first = not self.set
-        self.set, self.signal = True, signal.Signals(signum).name
-        if first and self._deferring:
-            return
-        raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def deferring(self, phase: str):
-        """Within the block a first signal only sets the flag; the block checks it."""
-        previous = self._deferring, self.phase
-        self._deferring, self.phase = True, phase
-        try:
-            yield
-        finally:
-            self._deferring, self.phase = previous
-
-    def __enter__(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-
-
-def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [key for key in row if key not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
-
-
-@torch.no_grad()
-def validate(
-    model: GenerativeModel, images: torch.Tensor, batch_size: int, options: RunOptions, seed: int = 0
-) -> dict[str, float]:
-    """Mean of the model's loss terms over ``images``; bits/dim too for likelihood models (whose
-    "loss" is the NLL, or negative bound, in nats per image). Runs in fp32 like the evaluation (no
-    TF32 either: ``exact_fp32``), so validation bits/dim are comparable with the final ones. Each
-    batch draws its noise from (seed, batch) on a forked generator, leaving the training stream as
-    it was; under torchrun the batches are split across ranks, giving a single process's numbers."""
-
-    def sums(index: int, start: int, stop: int) -> dict[str, float]:
-        torch.manual_seed(derive_seed("validation", seed, index))
-        return {
-            key: float(value.float()) * (stop - start)
-            for key, value in model.loss(images[start:stop]).items()
-        }
-
-    model.eval()
-    with torch.random.fork_rng(devices=_rng_devices(options.device)), exact_fp32():
-        per_batch = map_batches(sums, len(images), batch_size)
-    model.train()
-    means = {key: sum(batch[key] for batch in per_batch) / len(images) for key in per_batch[0]}
-    if model.likelihood is not None:
-        means["bpd"] = float(bits_per_dim(means["loss"], model.dims))
-    return means
-
-
-def _rng_devices(device: torch.device) -> list[int]:
-    if device.type != "cuda":
-        return []
-    return [device.index if device.index is not None else torch.cuda.current_device()]
-
-
-class Trainer:
+class Trainer(InRunEvaluation):
     """Trains one model to cfg.epochs (or cfg.max_steps, or a budget), validating at each epoch end,
     checkpointing to ``checkpoint`` and rewriting ``history`` (CSV) with each checkpoint, so a
-    running or killed run shows its curves.
+    running or killed run shows its curves. Its parts: the steps, checkpoints and resume (here), the
+    step log between host syncs (``bench.engine.steplog``), the validations and the rungs of a compute
+    ladder (``bench.engine.in_run_evaluation``; a rung is evaluated by ``rung_evaluation`` when given, and
+    validated in any case).
 
     After ``run`` the model holds the weights to evaluate: the EMA weights when cfg.ema_decay is
     set, else its own."""
@@ -202,6 +101,7 @@ class Trainer:
         checkpoint: Path,
         identity: dict,
         history: Path | None = None,
+        rung_evaluation: RungEvaluation | None = None,
     ) -> None:
         self.model, self.data, self.cfg, self.seed, self.options = model, data, cfg, seed, options
         self.checkpoint, self.identity, self.history = checkpoint, identity, history
@@ -220,7 +120,12 @@ class Trainer:
         self.compute["peak_flops_per_s"], self.compute["peak_protocol"] = measure_peak(
             options.device, options.precision
         )
-        self.total_steps = planned_steps(cfg, self.steps_per_epoch, self.compute["train_flops_per_step"])
+        flops_per_step = self.compute["train_flops_per_step"]
+        self.total_steps = planned_steps(cfg, self.steps_per_epoch, flops_per_step)
+        # The steps of a compute ladder's rungs (none for a single budget: its one rung is the end).
+        ladder = isinstance(cfg.compute_budget, tuple)
+        self.rung_steps = rung_steps(cfg.compute_rungs, flops_per_step) if ladder else []
+        self.rung_evaluation = rung_evaluation
         # Steps between the validations spread over the run (None: the epoch ends only; a time
         # budget's open-ended run validates at its epoch ends).
         self.val_every = (
@@ -231,12 +136,9 @@ class Trainer:
         self.optimizers = Optimizers(model, cfg, self.total_steps, options.device)
         self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
         self.state = LoopState()
-        self.pending: list[dict[str, torch.Tensor]] = []  # per-step terms since the last host sync
-        self.window = Stopwatch(options.device)
-        self.window_start_step = 0
+        self.log = StepLog(self)
         self.session_start = time.perf_counter()  # wall time of this process's share of the run
         self.last_good = 0  # step of the last checkpoint written
-        self.bar: Any = None
         self.memory = PeakMemory(options.device)
         self.trained_steps = 0  # steps taken by this process
 
@@ -250,24 +152,14 @@ class Trainer:
             self.state = restore(resume, self.model, self.optimizers, self.ema, self.options.device)
         # Every rank starts from rank 0's weights; averaged gradients keep them equal.
         broadcast_module(self.model)
-        self.window_start_step = self.last_good = self.state.step
+        self.last_good = self.state.step
         self.model.train()
-        # Carriage-return frames of a bar are noise in a log file: there, plain lines (see _flush).
-        self.plain_progress = self.options.progress and not sys.stderr.isatty()
-        self.last_line = -math.inf
-        self.bar = tqdm(
-            total=self.total_steps if math.isfinite(self.total_steps) else None,  # a time budget's: open
-            initial=self.state.step,
-            disable=not self.options.progress or self.plain_progress or not self.rank0,
-            unit="step",
-            desc=f"{self.model.name} s{self.seed}",
-            dynamic_ncols=True,
-            leave=False,
-        )
+        self.log.open(self.total_steps, self.state.step, f"{self.model.name} s{self.seed}")
         try:
             with contextlib.ExitStack() as stack:
                 stop = stop if stop is not None else stack.enter_context(StopFlag())
                 stack.enter_context(self.memory)
+                self._rung_if_due()  # resumed after an interrupted rung evaluation
                 while not self.state.finished:
                     self._epoch(stop)
                 if self.state.validated_epoch < self.state.epoch:
@@ -281,7 +173,7 @@ class Trainer:
                 f"(e.g. --batch-size {max(1, self.cfg.batch_size // 2)})"
             ) from None
         finally:
-            self.bar.close()
+            self.log.bar.close()
             if self.board is not None:
                 self.board.close()
         synchronize(self.options.device)
@@ -310,9 +202,10 @@ class Trainer:
                 self._flush()
             if state.step % cfg.checkpoint_every == 0:
                 self._write_checkpoint()
-            if self._validation_due():
+            if self._validation_due() or self._rung_validation_due():
                 self._flush()  # the training row first
                 self._validate(epoch_end=False)
+            self._rung_if_due()
             signalled, over_budget = self._agree(stop, budget=True)
             if over_budget:
                 state.budget_stop_s = self._wall_time()
@@ -364,80 +257,14 @@ class Trainer:
             terms = {**terms, **{k: v.detach() for k, v in self.optimizers.grad_norms.items()}}
         if self.ema is not None:
             self.ema.update(self.model)
-        self.pending.append(terms)
+        self.log.pending.append(terms)
         self.trained_steps += 1
         state.step += 1
         state.batch_in_epoch += 1
 
-    # --- bookkeeping ----------------------------------------------------------------------------
+    # --- checkpoints ----------------------------------------------------------------------------
     def _flush(self) -> None:
-        """Host sync: check finiteness, record a history row, advance the progress bar."""
-        if not self.pending:
-            return
-        state, pending = self.state, self.pending
-        seconds = self.window.lap()
-        keys = list(pending[0])
-        stacked = torch.stack([torch.stack([t[k].float() for k in keys]) for t in pending])  # (n, K)
-        stacked = all_reduce_(stacked, "mean").cpu()  # the global batch's means: equal slices, equal weights
-        self._check_diverged(stacked[:, keys.index("loss")])
-        images = len(pending) * self.cfg.batch_size
-        if self.window_start_step >= self.options.warmup_steps:
-            state.timed_images += images
-            state.timed_seconds += seconds
-            state.timed_steps += len(pending)
-        row = {
-            "step": state.step,
-            "epoch": state.epoch,
-            "split": "train",
-            "wall_time_s": self._wall_time(),
-            "images_per_s": images / seconds if seconds > 0 else None,
-            "lr": self.optimizers.optimizers[next(iter(self.optimizers.optimizers))].param_groups[0]["lr"],
-        }
-        row |= dict(zip(keys, stacked.mean(0).tolist(), strict=True))
-        state.history.append(row)
-        if self.board is not None:
-            self.board.row(row)
-        self.bar.set_postfix(loss=f"{row['loss']:.4g}", img_s=f"{row['images_per_s']:.0f}", refresh=False)
-        self.bar.update(len(pending))
-        if self.plain_progress and self.rank0 and time.monotonic() - self.last_line >= PLAIN_PROGRESS_EVERY_S:
-            self.last_line = time.monotonic()
-            speed = f", {row['images_per_s']:.0f} images/s" if row["images_per_s"] else ""
-            print(
-                f"{self.model.name} s{self.seed}: step {state.step}{self._of_total()}, "
-                f"loss {row['loss']:.4g}{speed}, {row['wall_time_s']:.0f} s",
-                file=sys.stderr,
-                flush=True,
-            )
-        self.pending = []
-        self.window_start_step = state.step
-
-    def _check_diverged(self, losses: torch.Tensor) -> None:
-        """Stop on a non-finite loss, or one EXPLODING_FACTOR times the scale training started from:
-        the first logged window's mean loss (kept in the history, so a resumed run has the same
-        reference), or the first step's loss before any window was logged."""
-        first = next((row["loss"] for row in self.state.history if row.get("split") == "train"), None)
-        scale = max(abs(first if first is not None else float(losses[0])), 1.0)
-        non_finite = ~torch.isfinite(losses)
-        bad = (non_finite | (losses.abs() > EXPLODING_FACTOR * scale)).nonzero()
-        if not len(bad):
-            return
-        index = int(bad[0])
-        step = self.window_start_step + index + 1
-        kept = (
-            f"the last good checkpoint (step {self.last_good}) is kept"
-            if self.last_good
-            else "no checkpoint yet"
-        )
-        if non_finite[index]:
-            raise NonFiniteLoss(
-                f"{self.model.name}: non-finite loss at step {step}; training diverged ({kept}); "
-                "try a lower --lr"
-            )
-        raise Diverged(
-            f"{self.model.name}: loss {float(losses[index]):.3g} at step {step}, over "
-            f"{EXPLODING_FACTOR:.0e} times the {scale:.3g} training started from; training diverged "
-            f"({kept}); try a lower --lr"
-        )
+        self.log.flush(self.state, self._wall_time)
 
     def _wall_time(self) -> float:
         return self.state.wall_time_s + time.perf_counter() - self.session_start
@@ -461,43 +288,7 @@ class Trainer:
             if self.history is not None:
                 write_history(self.history, self.state.history)
         self.last_good = self.state.step
-        self.window.lap()  # checkpoint I/O is not training time
-
-    def _validation_due(self) -> bool:
-        """A validation spread over the run, not at an epoch end or the last step (those validate)."""
-        step = self.state.step
-        return (
-            self.val_every is not None
-            and step % self.val_every == 0
-            and step % self.steps_per_epoch != 0
-            and step < self.total_steps
-        )
-
-    def _validate(self, epoch_end: bool = True) -> None:
-        images = self.data.val[: self.cfg.val_images]
-        # Buffers that batches update (BatchNorm statistics) and their averages drift apart across
-        # ranks; the ranks validate with rank 0's, which its checkpoints hold. Validation follows
-        # the last step, so the evaluation sees them too.
-        broadcast_([*self.model.buffers(), *(self.ema.shadow.values() if self.ema is not None else ())])
-        if self.ema is not None:
-            with self.ema.applied(self.model):
-                values = validate(self.model, images, self.cfg.batch_size, self.options, self.seed)
-        else:
-            values = validate(self.model, images, self.cfg.batch_size, self.options, self.seed)
-        self.state.history.append(
-            {
-                "step": self.state.step,
-                "epoch": self.state.epoch,
-                "split": "val",
-                "wall_time_s": self._wall_time(),
-            }
-            | values
-        )
-        if self.board is not None:
-            self.board.validation(self.state.history[-1], self.model, self.seed)
-        if epoch_end:
-            self.state.validated_epoch = self.state.epoch
-        self.window.lap()  # validation is not training time
+        self.log.window.lap()  # checkpoint I/O is not training time
 
     def _summary(self) -> dict[str, Any]:
         state = self.state
@@ -522,9 +313,6 @@ class Trainer:
             "stopped_by": self._stopped_by(),
             "budget_stop_s": state.budget_stop_s,  # the loop's wall time at the step the budget ended
         }
-
-    def _of_total(self) -> str:
-        return f"/{self.total_steps}" if math.isfinite(self.total_steps) else ""  # a time budget's: open
 
     def _stopped_by(self) -> str:
         if self.state.budget_stop_s is not None:

@@ -30,6 +30,7 @@ from genbench.bench.engine.checkpoint import load_checkpoint
 from genbench.bench.engine.data import Dataset, load_dataset, resolve_data_dir
 from genbench.bench.engine.device import prepare_model, resolve_device, resolve_precision
 from genbench.bench.engine.evaluate import evaluate, metrics_document, protocol_block
+from genbench.bench.engine.ladder import rung_evaluation
 from genbench.bench.engine.timing import threads_text
 from genbench.bench.engine.train import RunOptions, StopFlag, Trainer, TrainingInterrupted
 from genbench.bench.planning.plan import (
@@ -132,9 +133,10 @@ def execute(
                 checkpoint,
                 plan.identity(),
                 history=run_dir / "history.csv",
+                rung_evaluation=rung_evaluation(data, plan.eval_config, options.device, plan.seed, cache_dir),
             )
             stop.phase = "training"
-            _, summary = trainer.run(ckpt, stop)
+            state, summary = trainer.run(ckpt, stop)
             stop.phase = "evaluation"
             if stop.set:  # a signal during the last checkpoint write
                 raise KeyboardInterrupt
@@ -150,7 +152,7 @@ def execute(
                 time_budget_s=plan.train_config.time_budget_s, processes=world_size(),
                 compute_budget=plan.train_config.compute_budget,
             )  # fmt: skip
-            report = metrics_document(config["run_id"], model, plan.seed, protocol, entries)
+            report = metrics_document(config["run_id"], model, plan.seed, protocol, entries, state.ladder)
             if writer:
                 files.write_json(run_dir / "metrics.json", report)
                 results.set_status(run_dir, "done")

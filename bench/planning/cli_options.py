@@ -157,3 +157,23 @@ def _parse_row_names(ctx, param, value: str | None) -> tuple[str, ...]:
     if not names:
         raise click.BadParameter(f"no name in {value!r}; e.g. vae,gan")
     return tuple(dict.fromkeys(ALIASES.get(n, n) for n in names))
+
+
+class ComputeBudget(click.ParamType):
+    """--compute: FLOPs, or an increasing comma list of them (a compute ladder) -> float or tuple."""
+
+    name = "flops"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value  # a default, or a value already converted
+        parts = [p.strip() for p in value.split(",")]
+        try:
+            rungs = [float(p) for p in parts]
+        except ValueError:
+            self.fail(f"{value!r}: give FLOPs as numbers, e.g. 2e14 or 2e13,6e13,2e14", param, ctx)
+        if not all(0 < r < float("inf") for r in rungs):
+            self.fail(f"{value!r}: every budget must be a positive number of FLOPs", param, ctx)
+        if any(a >= b for a, b in zip(rungs, rungs[1:], strict=False)):
+            self.fail(f"{value!r}: a compute ladder must increase, e.g. 2e13,6e13,2e14", param, ctx)
+        return rungs[0] if len(rungs) == 1 else tuple(rungs)

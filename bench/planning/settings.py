@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from genbench.bench.engine.data import DEFAULT_DATASET
-from genbench.bench.planning.cli_options import _NamedFolder, _options, _parse_device
+from genbench.bench.planning.cli_options import ComputeBudget, _NamedFolder, _options, _parse_device
 
 TRAIN, EVAL = "train_config", "eval_config"  # the configs an override sets a field of
 
@@ -78,11 +78,11 @@ class RunSettings:
         help="Stop each run's training at the first step past this wall time (an equal-compute budget); "
         "the steps reached are recorded, and --max-steps of them repeats the run.",
     )  # fmt: skip
-    compute_budget: float | None = _setting(
-        None, "--compute", "compute_budget", target=TRAIN, type=click.FloatRange(min=0, min_open=True),
-        metavar="FLOPS",
+    compute_budget: float | tuple[float, ...] | None = _setting(
+        None, "--compute", "compute_budget", target=TRAIN, type=ComputeBudget(), metavar="FLOPS[,FLOPS...]",
         help="Train each run for ceil(FLOPS / FLOPs per step) steps, counted on the model at its start: "
-        "the same steps on every machine, whatever the profile's epochs and max steps (e.g. 2e14).",
+        "the same steps on every machine, whatever the profile's epochs and max steps (e.g. 2e14). An "
+        "increasing list (2e13,6e13,2e14) is a compute ladder: one training to the last, evaluated at each.",
     )  # fmt: skip
     n_samples: int | None = _setting(
         None, "--n-samples", target=EVAL, type=click.IntRange(min=1),

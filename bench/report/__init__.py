@@ -9,6 +9,7 @@ sections, bound marks, estimators, n/a reasons and floors come from the entries'
     tables.py   the table model: a table per (group, section), rows (model, variant), cells
     formats.py  Markdown, CSV, LaTeX, HTML from one DataFrame per table (Styler for LaTeX/HTML)
     figures.py  bars, quality vs speed, training curves, validation bits/dim
+    ladder.py   quality against training compute (a compute ladder's rungs), best family per rung
     images.py   sample grids, interpolations, nearest training images
     comparable.py  what a table may compare: cost conditions, trivial cells, process-level costs
     verdict.py  the verdict first: per headline metric the best family, its margin, seed noise
@@ -30,6 +31,7 @@ from genbench.bench.report import images
 from genbench.bench.report.figures import Rendered, Skipped, pareto_front
 from genbench.bench.report.formats import FORMATS, render_csv, render_latex, render_markdown
 from genbench.bench.report.images import nearest_training_images
+from genbench.bench.report.ladder import plot_ladder, render_ladder_markdown
 from genbench.bench.report.load import Results, load_results
 from genbench.bench.report.page import render_html
 from genbench.bench.report.tables import FLOOR_LABEL, GroupTables, build_tables, format_number, runs_frame
@@ -43,6 +45,7 @@ __all__ = [
 ]  # fmt: skip
 
 FIGURE_PREFIXES = (
+    "ladder_",
     "bars_",
     "quality_speed_",
     "training_",
@@ -73,6 +76,9 @@ def build_figures(
     for group in groups:
         runs, name, protocol = group.group.runs, group.name, group.group.protocol
         figures += [plots.plot_metric_bars(name, t, colours) for t in group.tables]
+        ladder = plot_ladder(group, colours)
+        if isinstance(ladder, Rendered):  # only a compute ladder's group has the figure
+            figures.append(ladder)
         figures.append(plots.plot_quality_speed(group, colours))
         figures.append(plots.plot_training_curves(name, runs, colours))
         figures.append(plots.plot_validation_bpd(name, runs, colours))
@@ -109,7 +115,7 @@ def _remove_stale_figures(out_dir: Path, keep: Iterable[str]) -> None:
     folder = out_dir / "figures"
     for path in folder.glob("*") if folder.is_dir() else ():
         if (
-            path.suffix in (".png", ".svg")
+            path.suffix in (".png", ".svg", ".csv")
             and path.name.startswith(FIGURE_PREFIXES)
             and f"figures/{path.name}" not in keep
         ):
@@ -147,7 +153,8 @@ def make_report(
     if "md" in formats:
         header = f"# genbench report\n\nFrom `{results_dir}`: {len(results.runs)} runs. {filters}\n\n"
         tables = "## Tables\n\n" + markdown
-        files["summary.md"] = (header + render_verdict_markdown(groups) + "\n" + tables).encode()
+        leads = render_verdict_markdown(groups) + "\n" + render_ladder_markdown(groups)
+        files["summary.md"] = (header + leads.rstrip("\n") + "\n\n" + tables).encode()
     if "csv" in formats:
         files["summary.csv"] = render_csv(groups).encode()
         files["runs.csv"] = runs_frame(results).to_csv(index=False).encode()
@@ -157,6 +164,8 @@ def make_report(
         if isinstance(figure, Rendered):
             files[f"figures/{figure.name}.png"] = figure.png
             files[f"figures/{figure.name}.svg"] = figure.svg
+            if figure.data is not None:
+                files[f"figures/{figure.name}.csv"] = figure.data
     if "html" in formats:
         files["index.html"] = render_html(results, groups, drawn, results_dir, filters).encode()
 

@@ -61,6 +61,7 @@ class Rendered:
     # The horizontal dashed lines each panel draws (panel title -> y values): the floor line as drawn,
     # read back from the figure itself.
     dashed: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+    data: bytes | None = None  # the points drawn, as CSV (figures/<name>.csv), where a figure has them
 
 
 @dataclasses.dataclass(frozen=True)

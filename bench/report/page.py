@@ -11,13 +11,17 @@ from typing import Any
 
 from genbench.bench.report.figures import Rendered, Skipped
 from genbench.bench.report.formats import html_table, table_notes
+from genbench.bench.report.ladder import ladder_html
 from genbench.bench.report.load import Results, Run
 from genbench.bench.report.tables import GroupTables, format_value, protocol_fields
 from genbench.bench.report.verdict import RULE, verdict_html
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-# Figures shown with the verdict, before the tables: quality against cost (the Pareto figure).
-LEAD_FIGURES = ("quality_speed_", "Sample quality versus speed")
+# Figures shown with the verdict, before the tables: quality against training compute (a compute
+# ladder's), then quality against cost (the Pareto figure).
+LEAD_FIGURES = (
+    "ladder_", "Quality against training compute", "quality_speed_", "Sample quality versus speed",
+)  # fmt: skip
 PACKAGES = ("python", "torch", "torchvision", "torch_fidelity", "genbench")
 
 
@@ -93,6 +97,7 @@ def render_html(
                 "notes": g.notes,
                 "tables": [{"html": Markup(html_table(g, t)), "notes": table_notes(t)} for t in g.tables],
                 "verdict": Markup(verdict_html(g)),
+                "ladder": Markup(ladder_html(g)),
             }
             for g in groups
         ],
