@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from genbench.bench.data import DEFAULT_DATASET, default_feature_networks, get_dataset_spec
+from genbench.bench.device import PRECISIONS
+from genbench.bench.results import NAME_PATTERN
 from genbench.bench.settings import EVAL, TRAIN, RunSettings
 from genbench.bench.timing import device_name
 from genbench.bench.train import RunOptions
@@ -219,8 +221,18 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], RunPlan]:
         for key, types in (("run_id", str), ("data_dir", (str, type(None)))):
             if not isinstance(config.get(key), types):
                 raise TypeError(f"{key} is {type(config.get(key)).__name__}")
+        _check_recorded_values(config)
         return config, plan_from_config(config)
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(
             f"{run_dir}/config.json is not a genbench run config ({exc}); start a new run"
         ) from None
+
+
+def _check_recorded_values(config: dict[str, Any]) -> None:
+    """What the command line validates, validated again as written in a config.json: the run id is
+    one path component (it names files and folders), the precision one the loop runs with."""
+    if not NAME_PATTERN.fullmatch(config["run_id"]) or len(config["run_id"]) > 255:
+        raise ValueError(f"run_id {config['run_id']!r} is not a run id (letters, digits, '.', '_', '-')")
+    if "precision" in config and config["precision"] not in PRECISIONS:
+        raise ValueError(f"precision {config['precision']!r} is not one of {', '.join(PRECISIONS)}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from genbench.bench.cli_options import _NamedFolder, _options, _parse_device
+from genbench.bench.cli_options import _NamedFolder, _options, _parse_device, _parse_threads
 from genbench.bench.data import DEFAULT_DATASET
 
 TRAIN, EVAL = "train_config", "eval_config"  # the configs an override sets a field of
@@ -47,7 +47,7 @@ class RunSettings:
         False, "--compile", "compile", is_flag=True, help="torch.compile the model's networks."
     )
     threads: int | None = _setting(
-        None, "--threads", type=click.IntRange(min=1),
+        None, "--threads", type=click.IntRange(min=1), callback=_parse_threads,
         help="CPU threads for torch.  [default: the usable cores other programs leave free, measured "
         "before each run and recorded in config.json; OMP_NUM_THREADS if set]",
     )  # fmt: skip
