@@ -172,18 +172,11 @@ def die_with_parent() -> None:
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         return
     launcher = os.environ.get(ENV_PARENT)
-    if launcher and not _alive(int(launcher)):  # it died before the prctl above took effect
-        os._exit(128 + signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        if launcher:
+            os.kill(int(launcher), 0)
+    except ProcessLookupError:  # it died before the prctl above took effect
+        os._exit(128 + signal.SIGKILL)
 
 
 def check_batch_size(batch_size: int, processes: int | None = None) -> None:

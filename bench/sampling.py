@@ -119,8 +119,9 @@ def check_memory(n: int, model: GenerativeModel) -> None:
     if available is not None and need > available:
         fits = available // (3 * model.dims)
         raise UserError(
-            f"-n {n}: {n} samples of {model.name} need ~{need / 2**30:.1f} GiB, {available / 2**30:.1f} GiB "
-            f"is available; draw at most {fits} per call (several calls with other --seed)"
+            f"-n {n}: {n} samples of {model.name} need ~{need / 2**20:,.0f} MiB, "
+            f"{available / 2**20:,.0f} MiB is available; draw at most {fits} per call (several calls "
+            "with other --seed)"
         )
 
 

@@ -26,6 +26,7 @@ from genbench.bench import distributed, plan, results, run, sampling
 from genbench.bench.checkpoint import CHECKPOINT_FORMAT
 from genbench.bench.train import RunOptions
 from genbench.core import files
+from genbench.core.errors import UserError
 from genbench.metrics import likelihood
 from genbench.metrics.features import MNIST
 
@@ -166,6 +167,24 @@ def test_a_full_disk_during_evaluation_ends_the_run_failed(tmp_path, mnist_dir, 
     assert not list(run_dir.rglob("*.tmp"))
 
 
+def test_a_write_that_fills_the_disk_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """The common way a disk fills: the temporary file is created, its bytes do not fit."""
+    target = tmp_path / "metrics.json"
+    files.write_json(target, {"old": 1})
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(
+        UserError, match=r"cannot write .*metrics.json \(No space left on device\); free some"
+    ):
+        files.write_json(target, {"new": 2})
+    assert json.loads(target.read_text()) == {"old": 1} and [p.name for p in tmp_path.iterdir()] == [
+        "metrics.json"
+    ]
+
+
 def test_status_is_rewritten_in_place_when_no_new_file_fits(tmp_path, disk_full):
     results.set_status(tmp_path, "running", "evaluating; training is complete and checkpointed")
     disk_full["now"] = True
@@ -231,11 +250,11 @@ def test_a_billion_samples_are_refused_up_front(tmp_path):
 def test_samples_that_would_not_fit_in_memory_are_refused_before_drawing(tmp_path, monkeypatch):
     from genbench.bench import timing
 
-    monkeypatch.setattr(sampling, "available_memory_bytes", lambda: 2**30)
+    monkeypatch.setattr(sampling, "available_memory_bytes", lambda: 2**20)  # 1 MiB: 445 samples fit
     run_dir = untrained_run(tmp_path)
-    line = one_line_error(invoke("sample", run_dir, "-n", 10**6, "--out", tmp_path / "x.npz"), 1)
-    assert "1000000 samples of gan need ~2.2 GiB, 1.0 GiB is available" in line, line
-    assert f"draw at most {2**30 // (3 * 784)} per call" in line and not (tmp_path / "x.npz").exists()
+    line = one_line_error(invoke("sample", run_dir, "-n", 1000, "--out", tmp_path / "x.npz"), 1)
+    assert "1000 samples of gan need ~2 MiB, 1 MiB is available" in line, line
+    assert f"draw at most {2**20 // (3 * 784)} per call" in line and not (tmp_path / "x.npz").exists()
     assert timing.available_memory_bytes() is None or timing.available_memory_bytes() > 0
 
 
