@@ -293,15 +293,16 @@ def _processes(request: RunRequest) -> int:
 
 
 def _threads(
-    settings: RunSettings, device: torch.device, config: dict[str, Any] | None
+    settings: RunSettings, device: torch.device, config: dict[str, Any] | None, share: int | None = None
 ) -> dict[str, Any] | None:
-    """Set torch's CPU threads for the next run (bench.threads); its record for config.json."""
+    """Set torch's CPU threads for the next run (bench.threads); its record for config.json.
+    ``share``: the processes of the run (default: those torchrun started)."""
     if device.type != "cpu":
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)
         return None
     recorded = ((config or {}).get("threads") or {}).get("threads")
-    choice = threads.decide(settings.threads, recorded, share=distributed.launched_world())
+    choice = threads.decide(settings.threads, recorded, share=share or distributed.launched_world())
     return threads.apply(choice).record()
 
 
@@ -356,7 +357,8 @@ def _run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, A
     if request.dry_run:
         if request.settings.batch_size is not None:  # the profiles' own batch sizes fit every dataset
             _check_fits_local_data(targets.plans[0].dataset, targets.data_dir, targets.plans, echo)
-        options = dataclasses.replace(options, threads=_threads(request.settings, device, targets.config))
+        chosen = _threads(request.settings, device, targets.config, share=processes)  # what each rank takes
+        options = dataclasses.replace(options, threads=chosen)
         echo(json.dumps([describe(p, options) for p in targets.plans], indent=2))
         return []
     if processes > distributed.launched_world():  # --nproc N: the request is checked, start the workers

@@ -24,6 +24,7 @@ from reliability_utils import FAST, preload, status
 from genbench import models
 from genbench.bench import distributed, plan, results, run, sampling
 from genbench.bench.checkpoint import CHECKPOINT_FORMAT
+from genbench.bench.threads import usable_cores
 from genbench.bench.train import RunOptions
 from genbench.core import files
 from genbench.core.errors import UserError
@@ -264,6 +265,10 @@ def test_dry_run_shows_the_thread_count_it_would_use():
     assert forced["threads"]["threads"] == 1 and forced["threads"]["reason"] == "--threads"
     (chosen,) = json.loads(invoke("run", "--models", "vae", "--dry-run").stdout)
     assert chosen["threads"]["threads"] >= 1
+    cores = usable_cores()
+    if cores >= 2:  # each of --nproc 2's ranks takes its half of the cores
+        (ranked,) = json.loads(invoke("run", "--models", "vae", "--nproc", 2, "--dry-run").stdout)
+        assert ranked["threads"]["usable"] == cores // 2 and ranked["processes"] == 2
 
 
 def test_sample_progress_in_a_log_is_plain_lines(tmp_path, monkeypatch, capsys):
