@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -45,19 +46,42 @@ def write_bytes(path: Path, payload: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
-        raise UserError(
-            f"cannot write to {path.parent} ({exc.strerror or exc}); pass --out to a writable folder"
-        ) from None
+        hint = _space_hint(exc) or "; pass --out to a writable folder"
+        raise UserError(f"cannot write to {path.parent} ({exc.strerror or exc}){hint}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # a full disk, a quota, an I/O error: one line, the old file intact
+            raise UserError(f"cannot write {path} ({exc.strerror or exc}){_space_hint(exc)}") from None
         raise
+
+
+def _space_hint(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "; free some disk space (or pass --out on another disk) and run the command again"
+    return ""
+
+
+def overwrite_in_place(path: Path, payload: bytes) -> None:
+    """Rewrite a small existing file in its own blocks, where the atomic writer cannot (a full disk
+    has no room for its temporary file): the old bytes are overwritten, and a shorter payload is
+    padded with spaces rather than truncated, so no block is freed and taken again. For a run's
+    status on the way out of an error (JSON allows trailing spaces); raises OSError if it fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        size = os.fstat(fd).st_size
+        os.write(fd, payload + b" " * max(0, size - len(payload)))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def open_regular(path: Path) -> io.BufferedReader:

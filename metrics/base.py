@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from genbench.core.distributed import derive_seed, map_batches, rank, world_size
 from genbench.core.schema import Output, Value
+from genbench.models.plugins import check_samples
 
 NEEDS = ("samples", "likelihood", "importance_weighted", "reconstruct", "decoder")
 
@@ -152,7 +153,7 @@ def sample_batch(
     by (seed, index): any batch can be drawn alone (on any rank, by `bench sample`) and is the same."""
     generator = torch.Generator(device=device).manual_seed(derive_seed("samples", seed, index))
     with torch.inference_mode():
-        return model.sample(size, generator=generator, mode=mode).cpu()
+        return check_samples(model, model.sample(size, generator=generator, mode=mode), size).cpu()
 
 
 def _timed(drawn: list[tuple[Tensor, float]], ranks: int) -> tuple[int, float]:

@@ -58,7 +58,7 @@ class ClassifierSpec:
 
     @property
     def retrain_hint(self) -> str:
-        return f"re-create them with `bench train-classifier --dataset {self.name}`"
+        return f"re-create them with `bench train-classifier --dataset {self.name} --out {self.weights_path}`"
 
 
 CLASSIFIERS: dict[str, ClassifierSpec] = {

@@ -3,6 +3,8 @@ protocol (``levels`` values per pixel). D comes from the model's image shape."""
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 from genbench.core.errors import UserError
@@ -36,6 +38,22 @@ def check_possible(nll: Tensor, model, what: str) -> None:
             f"{model.name}: {what} is {mean:.4g} nats/image ({float(bits_per_dim(mean, model.dims)):.4g} "
             "bits/dim), below 0, impossible for discrete pixels (a probability is at most 1); log_prob "
             "must return the log-probability of the discrete pixels in nats"
+        )
+
+
+def check_trained(entries: dict, model) -> None:
+    """After training: the model's likelihood (exact, or a bound on it) no worse than a uniform
+    coder's, log2(levels) bits/dim (8 for 256 levels, 1 binarized), beyond three standard errors of
+    its estimate. Worse means training failed (a diverged run ends "done" at 43 bits/dim otherwise):
+    the run ends failed, like a diverged loss."""
+    found = entries.get(BPD.key) or {}
+    if found.get("value") is None:
+        return
+    uniform = math.log2(model.levels)
+    if found["value"] - 3 * (found.get("stderr") or 0.0) > uniform * (1 + 1e-6):
+        raise ImpossibleLikelihood(
+            f"{model.name}: {found['label']} {found['value']:.4g} after training is worse than a uniform "
+            f"coder's {uniform:g} bits/dim ({model.levels} levels); training failed: try a lower --lr"
         )
 
 

@@ -147,6 +147,50 @@ def recorded_family(config: dict) -> type[GenerativeModel]:
         raise KeyError(f"{exc.args[0]}{load}") from None
 
 
+def _family(cls: type) -> str:
+    name = getattr(cls, "name", cls.__name__)
+    return f"model family {name!r} ({ORIGINS.get(name, f'{cls.__module__}:{cls.__qualname__}')})"
+
+
+def construct(cls: type[GenerativeModel], config) -> GenerativeModel:
+    """``cls(config)``, checked: a family whose ``__init__`` raises, or that holds no parameters to
+    train, is a one-line PluginError naming it (a plug-in's bug must not be a traceback of ours)."""
+    try:
+        model = cls(config)
+    except Exception as exc:  # any failure inside someone else's code is one line for the user
+        raise PluginError(f"{_family(cls)}: building it raised {_problem(exc)}") from None
+    if next(iter(model.parameters()), None) is None:
+        raise PluginError(
+            f"{_family(cls)} has no parameters to train; its networks must be nn.Module attributes"
+        )
+    return model
+
+
+def check_samples(model: GenerativeModel, images, size: int):
+    """``images`` from ``model.sample(size)``, if they are what the interface promises: a uint8 tensor
+    (size, C, H, W) of the model's image shape; a one-line PluginError naming the family otherwise."""
+    import torch
+
+    shape = (size, *model.image_shape)
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or tuple(images.shape) != shape:
+        got = (
+            f"{images.dtype} {tuple(images.shape)}"
+            if isinstance(images, torch.Tensor)
+            else type(images).__name__
+        )
+        hint = ""
+        if isinstance(images, torch.Tensor) and images.is_floating_point() and images.numel():
+            low, high = float(images.min()), float(images.max())
+            scaled = "(x * 255)" if high <= 1 else "x"  # floats already in [0, 255] need no scaling
+            fix = f"{scaled}.round().clamp(0, 255).to(torch.uint8)"
+            hint = f" (floats in [{low:.3g}, {high:.3g}]: return {fix})"
+        raise PluginError(
+            f"{_family(type(model))}: sample({size}) returned {got}{hint}; samples are uint8 tensors "
+            f"{shape} in 0..255"
+        )
+    return images
+
+
 def resolve(name: str) -> str:
     """The registry name behind a --models value: a registered name or alias, an entry-point
     plug-in's name, or a ``module:Class`` spec (imported and registered). A PluginError naming the

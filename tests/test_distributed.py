@@ -251,10 +251,19 @@ def _descendants(pid: int) -> list[int]:
     return children + [d for c in children for d in _descendants(c)]
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (dead, waiting for whoever adopted it to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 @pytest.mark.slow
 def test_killed_ddp_run_resumes_to_the_end_of_an_uninterrupted_one(tmp_path, mnist_dir):
-    """`bench run --nproc 2` SIGKILLed (launcher and both ranks) after a checkpoint, then resumed with
-    `--resume --nproc 2`: the weights and numbers of the same run never interrupted."""
+    """`bench run --nproc 2` SIGKILLed after a checkpoint (the launcher: both ranks die with it, and the
+    run is left "running", not marked done by ranks training on), then resumed with `--resume --nproc
+    2`: the weights and numbers of the same run never interrupted."""
     bench = [sys.executable, "-m", "genbench.bench.commands.cli", "run"]
     common = ["--models", "vae", "--profile", "smoke", "--max-steps", "120", "--nproc", "2", "--threads", "1",
               "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--n-samples", "32",
@@ -270,9 +279,13 @@ def test_killed_ddp_run_resumes_to_the_end_of_an_uninterrupted_one(tmp_path, mni
     deadline = time.monotonic() + 300
     while not (run_dir / "checkpoints" / "last.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
-    for pid in [killed.pid, *_descendants(killed.pid)]:
-        os.kill(pid, signal.SIGKILL)
+    workers = _descendants(killed.pid)
+    killed.send_signal(signal.SIGKILL)  # the launcher alone: its workers die with it (PR_SET_PDEATHSIG)
     killed.wait()
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in workers):
+        assert time.monotonic() < deadline, "workers outlived their SIGKILLed launcher"
+        time.sleep(0.05)
     held = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["state"]["step"]
     assert 0 < held < 120 and json.loads((run_dir / "status.json").read_text())["status"] == "running"
 

@@ -87,6 +87,33 @@ class NoProfiles(GenerativeModel):
         raise NotImplementedError
 """
 
+HOSTILE = """
+import torch
+
+from tinypkg.model import TinyModel
+
+
+class Raises(TinyModel):
+    def __init__(self, config):
+        raise RuntimeError("no GPU driver here")
+
+
+class NoParams(TinyModel):
+    def __init__(self, config):
+        super().__init__(config)
+        del self.logits
+
+
+class WorseThanUniform(TinyModel):
+    def log_prob(self, x):
+        return super().log_prob(x) - self.dims  # a nat per pixel below what it learns: > 8 bits/dim
+
+
+class FloatSamples(TinyModel):
+    def sample(self, n, generator=None, mode=None):
+        return super().sample(n, generator, mode).float() / 255  # (n, 1, 28, 28) in [0, 1]
+"""
+
 
 DISTS = {
     "tiny-plugin": "tiny = tinypkg.model:TinyModel\ntiny2 = tinypkg.selfreg\n",
@@ -104,6 +131,7 @@ def write_plugins(root: Path, dists: tuple[str, ...] = tuple(DISTS)) -> Path:
     (package / "model.py").write_text(TINY_MODEL)
     (package / "selfreg.py").write_text(SELF_REGISTERING)
     (package / "bad.py").write_text(NOT_A_FAMILY)
+    (package / "hostile.py").write_text(HOSTILE)
     (package / "exits.py").write_text("import sys\n\nsys.exit(7)\n")  # at import: must not end genbench
     for name in dists:
         info = root / f"{name.replace('-', '_')}-0.1.dist-info"
@@ -225,6 +253,53 @@ def test_a_spec_family_is_imported_again_only_where_the_user_names_it(package_pa
     again = plans.plan_from_config(config)
     assert again.model == "tinymodel" and again.identity() == plan.identity()
     assert MODELS["tinymodel"].__module__ == "tinypkg.model"
+
+
+@pytest.mark.parametrize(
+    ("cls", "needle"),
+    [
+        ("Raises", "building it raised RuntimeError: no GPU driver here"),
+        ("NoParams", "has no parameters to train"),
+        ("FloatSamples", "returned torch.float32 (130, 1, 28, 28) (floats in [0, 1]: return (x * 255)"),
+    ],
+)
+def test_a_hostile_plugin_fails_its_run_in_one_line(package_path, cls, needle, tmp_path, monkeypatch):
+    """A plug-in whose __init__ raises, that has nothing to train, or that samples floats: exit 1, one
+    line naming the family and what it did, and the run folder left failed with that reason."""
+    from conftest import fake_mnist
+    from reliability_utils import status
+
+    from genbench.bench.execute import run as runs
+
+    monkeypatch.setattr(runs, "load_dataset", lambda *args, **kwargs: fake_mnist())
+    spec = f"tinypkg.hostile:{cls}"
+    args = ("--profile", "smoke", "--n-samples", 130, "--threads", 1, "--no-progress", "--name", "h")
+    error = one_line_error(invoke("run", "--models", spec, "--out", tmp_path, *args), 1)
+    assert needle in error and f"model family '{cls.lower()}' ({spec})" in error, error
+    (run_dir,) = tmp_path.glob(f"{cls.lower()}-smoke-s0-h")
+    assert status(run_dir)["status"] == "failed" and needle in status(run_dir)["reason"]
+    assert not (run_dir / "metrics.json").exists()
+
+
+def test_a_family_worse_than_a_uniform_coder_after_training_fails_its_run(
+    package_path, tmp_path, monkeypatch
+):
+    """Trained, yet its exact likelihood is worse than the 8 bits/dim of a uniform coder: the run ends
+    failed with one line saying so (it would otherwise end done, and be ranked)."""
+    from conftest import fake_mnist
+    from reliability_utils import status
+
+    from genbench.bench.execute import run as runs
+
+    monkeypatch.setattr(runs, "load_dataset", lambda *args, **kwargs: fake_mnist(n_test=256))
+    args = ("--profile", "smoke", "--n-samples", 130, "--threads", 1, "--no-progress", "--name", "u")
+    error = one_line_error(
+        invoke("run", "--models", "tinypkg.hostile:WorseThanUniform", "--out", tmp_path, *args), 1
+    )
+    assert "after training is worse than a uniform coder's 8 bits/dim (256 levels)" in error, error
+    run_dir = tmp_path / "worsethanuniform-smoke-s0-u"
+    assert status(run_dir)["status"] == "failed" and "uniform coder" in status(run_dir)["reason"]
+    assert not (run_dir / "metrics.json").exists()
 
 
 def _env(root: Path) -> dict[str, str]:

@@ -94,8 +94,9 @@ def test_signal_during_evaluation_then_resume_gives_the_uninterrupted_numbers(
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output
     assert "Traceback" not in output
-    errors = [line for line in output.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1 and f"interrupted ({sig.name}) during evaluation" in errors[0], output
+    errors = [line for line in output.splitlines() if line.startswith("Interrupted")]
+    assert len(errors) == 1 and f"Interrupted ({sig.name}) during evaluation" in errors[0], output
+    assert "Error" not in output  # a stop the user asked for is not an error
     assert f"--resume {run_dir}" in errors[0]
     assert status(run_dir)["status"] == "interrupted" and not (run_dir / "metrics.json").exists()
     assert checkpoint_state(run_dir)["finished"]
@@ -199,4 +200,4 @@ def test_signal_in_another_command_is_one_line(tmp_path, monkeypatch):
     from genbench.bench import report
 
     monkeypatch.setattr(report, "make_report", lambda *args, **kwargs: kill_self(signal.SIGINT))
-    assert "interrupted (SIGINT)" in one_line_error(invoke("report", "--results", tmp_path), 130)
+    assert "Interrupted (SIGINT)" in one_line_error(invoke("report", "--results", tmp_path), 130)

@@ -34,9 +34,23 @@ except KeyboardInterrupt:
     raise SystemExit(130) from None
 
 
+INTERRUPTED = 130  # the shell's convention for a SIGINT
+
+
+class _Stopped(click.ClickException):
+    """A stop the user asked for (Ctrl-C, SIGTERM): reported as "Interrupted ...", not as an error."""
+
+    exit_code = INTERRUPTED
+
+    def show(self, file=None) -> None:
+        message = self.format_message()
+        line = message[:1].upper() + message[1:] if message.startswith("interrupted") else message
+        click.echo(line if line.startswith("Interrupted") else f"Interrupted: {message}", err=True)
+
+
 class _Group(click.Group):
-    """Turns a UserError into click's one-line error (exit 1; TrainingInterrupted 130) and a Ctrl-C
-    or SIGTERM anywhere else into one line with exit 130, unless --debug."""
+    """Turns a UserError into click's one-line error (exit 1 or 2) and a stop (TrainingInterrupted,
+    or a Ctrl-C or SIGTERM anywhere else) into one "Interrupted ..." line with exit 130, unless --debug."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -44,15 +58,14 @@ class _Group(click.Group):
         except UserError as exc:
             if (ctx.obj or {}).get("debug"):
                 raise
-            error = click.ClickException(str(exc))
-            error.exit_code = getattr(exc, "exit_code", 1)
+            code = getattr(exc, "exit_code", 1)
+            error = _Stopped(str(exc)) if code == INTERRUPTED else click.ClickException(str(exc))
+            error.exit_code = code
             raise error from None
         except KeyboardInterrupt as exc:
             if (ctx.obj or {}).get("debug"):
                 raise
-            error = click.ClickException(f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})")
-            error.exit_code = 130  # the shell's convention for a SIGINT
-            raise error from None
+            raise _Stopped(f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})") from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -133,8 +146,10 @@ def run(models, profile, seeds, out, name, overwrite, resume, reevaluate, cache_
 @cli.command("run-worker", hidden=True)
 def run_worker() -> None:
     """One rank of `bench run --nproc N`: torchrun starts it with the parsed request in the environment."""
+    from genbench.bench.engine import distributed
     from genbench.bench.execute import run as runs
 
+    distributed.die_with_parent()  # no worker outlives `bench run --nproc N`, not even its SIGKILL
     _load_plugins()
     runs.run_all(runs.request_from_environment(), echo=click.echo)
 

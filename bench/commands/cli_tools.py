@@ -20,6 +20,7 @@ from genbench.bench.planning.cli_options import (
 )
 from genbench.bench.planning.settings import setting_options
 from genbench.bench.record.results import SEED_LIMIT, check_writable_folder
+from genbench.bench.record.sample_files import SAMPLE_LIMIT
 from genbench.core import files
 from genbench.models.base import PROFILE_NAMES
 
@@ -82,7 +83,8 @@ def floors(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Weights file.  [default: the committed metrics/weights/DATASET_classifier.pt]",
+    help="Weights file (and its .sha256).  [default: ./DATASET_classifier.pt; the committed "
+    "metrics/weights/ file is replaced only when --out names it]",
 )
 @click.option("--seed", type=click.IntRange(0, SEED_LIMIT - 1), default=0)
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: as committed]")
@@ -100,17 +102,19 @@ def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
     from genbench.metrics import features
 
     spec = features.get_classifier_spec(dataset)
-    check_writable_folder((out or spec.weights_path).parent, "--out")  # before minutes of training
-    files.check_output_file(out or spec.weights_path, "--out")
+    # The shipped weights (their checksum is in the repository) are replaced only on request.
+    if out is None and Path(spec.weights_path.name).resolve() == spec.weights_path:
+        raise click.UsageError(
+            f"here the default --out is the shipped {spec.weights_path}; pass --out naming it to replace "
+            "it, or run elsewhere"
+        )
+    out = out or Path(spec.weights_path.name)
+    check_writable_folder(out.parent, "--out")  # before minutes of training
+    files.check_output_file(out, "--out")
     device_ = resolve_device(device)
     data = load_dataset(dataset, data_dir, device=device_)
-    accuracy = features.train_classifier(
-        data, out or spec.weights_path, seed=seed, epochs=epochs or spec.epochs, device=device_
-    )
-    click.echo(
-        f"test accuracy {accuracy:.4f} ({dataset} test set, {len(data.test):,} images) -> "
-        f"{out or spec.weights_path}"
-    )
+    accuracy = features.train_classifier(data, out, seed=seed, epochs=epochs or spec.epochs, device=device_)
+    click.echo(f"test accuracy {accuracy:.4f} ({dataset} test set, {len(data.test):,} images) -> {out}")
 
 
 @click.command("eval")
@@ -189,7 +193,10 @@ def eval_(
 
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("-n", "n", type=click.IntRange(min=1), required=True, help="Number of samples.")
+@click.option(
+    "-n", "n", type=click.IntRange(1, SAMPLE_LIMIT), required=True, metavar="N",
+    help=f"Number of samples (at most {SAMPLE_LIMIT:,}; draw more in several calls with other --seed).",
+)  # fmt: skip
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ from tqdm.auto import tqdm
 
 from genbench.bench.engine.checkpoint import load_weights
 from genbench.bench.engine.device import resolve_device
+from genbench.bench.engine.steplog import PLAIN_PROGRESS_EVERY_S
+from genbench.bench.engine.timing import available_memory_bytes
 from genbench.bench.planning.plan import RunPlan, read_run
 from genbench.bench.record.results import CHECKPOINT
 from genbench.bench.record.sample_files import output_format, write_samples
@@ -21,7 +25,7 @@ from genbench.core import files
 from genbench.core.errors import UsageError, UserError
 from genbench.metrics.base import sample_batch
 from genbench.models.base import GenerativeModel, get_model_class
-from genbench.models.plugins import recorded_family
+from genbench.models.plugins import construct, recorded_family
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +70,9 @@ def load_run(run_dir: Path, device: torch.device, model_config: Any = None) -> L
     run_dir = Path(run_dir)
     config, plan = read_checked(run_dir)
     checkpoint = run_dir / CHECKPOINT
-    model = get_model_class(plan.model)(model_config or plan.model_config).to(device)
+    model = construct(get_model_class(plan.model), model_config or plan.model_config).to(device)
     try:
-        state = load_weights(checkpoint, model)
+        state = load_weights(checkpoint, model, expect={"model": plan.model, "dataset": plan.dataset})
     except (RuntimeError, KeyError, TypeError) as exc:  # load_state_dict: missing, unexpected, mis-shaped
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"checkpoint {checkpoint} does not fit {plan.model}'s config ({reason})") from None
@@ -90,14 +94,35 @@ def draw(
     model: GenerativeModel, n: int, mode: str, seed: int, batch_size: int, progress: bool = True
 ) -> Tensor:
     """n samples, uint8 (n, C, H, W) on the CPU, batch i from a generator seeded by (seed, i) (as
-    the evaluation draws them: ``metrics.base.sample_batch``)."""
+    the evaluation draws them: ``metrics.base.sample_batch``). Progress is a bar on a terminal and,
+    as `bench run` does, plain lines in a log (stderr not a terminal: no carriage-return frames)."""
     chunks = []
-    with tqdm(total=n, unit="img", disable=not progress, leave=False) as bar:
+    plain = progress and not sys.stderr.isatty()
+    last_line = time.monotonic()
+    if plain:
+        print(f"sampling: {n} images", file=sys.stderr, flush=True)
+    with tqdm(total=n, unit="img", disable=not progress or plain, leave=False) as bar:
         for index, start in enumerate(range(0, n, batch_size)):
             size = min(batch_size, n - start)
             chunks.append(sample_batch(model, index, size, seed, mode, model.device))  # (size, C, H, W)
             bar.update(size)
+            if plain and time.monotonic() - last_line >= PLAIN_PROGRESS_EVERY_S:
+                last_line = time.monotonic()
+                print(f"sampling: {start + size} of {n} images", file=sys.stderr, flush=True)
     return torch.cat(chunks)
+
+
+def check_memory(n: int, model: GenerativeModel) -> None:
+    """Refuse, before drawing, n samples whose copies (the batches, the joined tensor, the file's
+    buffer: three of uint8 (n, C, H, W)) would not fit in the memory available now."""
+    need, available = 3 * n * model.dims, available_memory_bytes()
+    if available is not None and need > available:
+        fits = available // (3 * model.dims)
+        raise UserError(
+            f"-n {n}: {n} samples of {model.name} need ~{need / 2**20:,.0f} MiB, "
+            f"{available / 2**20:,.0f} MiB is available; draw at most {fits} per call (several calls "
+            "with other --seed)"
+        )
 
 
 def sample_run(
@@ -118,6 +143,7 @@ def sample_run(
     if Path(out).resolve().is_relative_to(Path(run_dir).resolve()):
         raise UserError(f"--out {out} is inside the run folder {run_dir}; bench sample never writes there")
     loaded = load_run(run_dir, resolve_device(device))
+    check_memory(n, loaded.model)
     mode = check_mode(loaded.model, mode)
     seed = loaded.plan.seed if seed is None else seed
     batch_size = batch_size or loaded.plan.eval_config.sample_batch_size(loaded.model.device)

@@ -112,10 +112,12 @@ def restore(ckpt: dict, model, optimizers, ema, device: torch.device) -> LoopSta
     return LoopState(**ckpt["state"])
 
 
-def load_weights(path: Path, model, prefer_ema: bool = True) -> dict[str, Any]:
+def load_weights(path: Path, model, prefer_ema: bool = True, expect: dict | None = None) -> dict[str, Any]:
     """Load a run's checkpoint weights into ``model`` for evaluation or sampling, without checking
-    the run identity: the EMA weights where the run kept them (what it was evaluated with).
-    Returns the checkpoint's loop state."""
+    the whole run identity (another protocol may change the model's sampler): the EMA weights where
+    the run kept them (what it was evaluated with). ``expect``: identity fields (family, dataset)
+    the checkpoint must match, so that a checkpoint copied from another run is not scored as this
+    one's. Returns the checkpoint's loop state."""
     try:
         with open_regular(path) as f:  # a FIFO would be read forever
             ckpt = torch.load(f, map_location="cpu", weights_only=True)
@@ -129,6 +131,13 @@ def load_weights(path: Path, model, prefer_ema: bool = True) -> dict[str, Any]:
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"checkpoint {path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    theirs = ckpt.get("identity") if isinstance(ckpt.get("identity"), dict) else {}
+    for key, value in (expect or {}).items():
+        if key in theirs and theirs[key] != value:
+            raise UserError(
+                f"checkpoint {path} is of {key} {theirs[key]!r}, but its run folder's config.json says "
+                f"{value!r}: it would be scored as the wrong {key}; evaluate the run folder it came from"
+            )
     ema = ckpt.get("ema")
     model.load_state_dict(ema["shadow"] if prefer_ema and ema is not None else ckpt["model"])
     return ckpt["state"]

@@ -127,6 +127,56 @@ def check_launch(device: torch.device, processes: int) -> None:
             f"--nproc {processes} needs {processes} GPUs, this machine has "
             f"{torch.cuda.device_count()}; lower it"
         )
+    check_resources(processes, device)
+
+
+def check_resources(processes: int, device: torch.device) -> None:
+    """`--nproc N` on this machine, before any worker starts: on the CPU no more processes than
+    usable cores (each rank's thread pool needs one), and for any device no more workers than the
+    available memory holds, at least this process's own resident size each (torch and the CLI loaded,
+    before a worker adds its data and model: a lower estimate, so a refusal is certain)."""
+    from genbench.bench.engine.threads import usable_cores
+    from genbench.bench.engine.timing import available_memory_bytes, current_rss_bytes
+
+    cores = usable_cores()
+    if device.type == "cpu" and processes > cores:
+        raise DistributedError(
+            f"--nproc {processes} on {cores} usable CPU core(s): each process needs a core of its own; "
+            f"use --nproc {cores} or fewer"
+        )
+    each, available = current_rss_bytes(), available_memory_bytes()
+    if each is not None and available is not None and processes * each > available:
+        fits = max(1, available // each)
+        raise DistributedError(
+            f"--nproc {processes}: {processes} workers need at least {processes * each / 2**30:.1f} GiB "
+            f"(~{each / 2**20:.0f} MiB each before data and model), {available / 2**30:.1f} GiB is "
+            f"available; use --nproc {fits} or fewer"
+        )
+
+
+ENV_PARENT = "GENBENCH_LAUNCHER_PID"  # the `bench run --nproc N` process whose workers these are
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """In a worker of `bench run --nproc N`: the kernel SIGKILLs this process when the launcher that
+    started it dies, however it dies (SIGKILL included), so no worker trains on, holding memory, and
+    marks the run done for a launcher that is gone. Linux only (prctl); elsewhere torchrun's own
+    SIGTERM on a clean exit of the launcher is all there is."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return
+    launcher = os.environ.get(ENV_PARENT)
+    try:
+        if launcher:
+            os.kill(int(launcher), 0)
+    except ProcessLookupError:  # it died before the prctl above took effect
+        os._exit(128 + signal.SIGKILL)
 
 
 def check_batch_size(batch_size: int, processes: int | None = None) -> None:
@@ -233,6 +283,7 @@ def launch(nproc: int, request: dict[str, Any]) -> None:
          "-m", "genbench.bench.commands.cli", "run-worker"]
     )  # fmt: skip
     os.environ[ENV_REQUEST] = json.dumps(request)
+    os.environ[ENV_PARENT] = str(os.getpid())  # the workers die with this process (die_with_parent)
     # The agent's own log lines (rendezvous, "sending SIGTERM", a failure's exit code) repeat what
     # rank 0 has said; a failure of another rank is named below.
     agent_log = logging.getLogger("torch.distributed.elastic")
@@ -254,3 +305,4 @@ def launch(nproc: int, request: dict[str, Any]) -> None:
         raise SystemExit(130) from None
     finally:
         os.environ.pop(ENV_REQUEST, None)
+        os.environ.pop(ENV_PARENT, None)

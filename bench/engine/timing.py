@@ -44,12 +44,25 @@ def threads_text(n: int) -> str:
     return f"{n} thread{'s' if n != 1 else ''}"
 
 
-def _current_rss_bytes() -> int | None:
+def current_rss_bytes() -> int | None:
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo: memory new allocations and processes can take without
+    swapping (None where the kernel does not say)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 class PeakMemory:
@@ -67,14 +80,14 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        elif _current_rss_bytes() is not None:
+        elif current_rss_bytes() is not None:
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, _current_rss_bytes() or 0)
+            self.peak_bytes = max(self.peak_bytes, current_rss_bytes() or 0)
             self._stop.wait(self.interval)
 
     def __exit__(self, *exc) -> None:
@@ -83,7 +96,7 @@ class PeakMemory:
         elif self._thread is not None:
             self._stop.set()
             self._thread.join()
-            self.peak_bytes = max(self.peak_bytes, _current_rss_bytes() or 0)
+            self.peak_bytes = max(self.peak_bytes, current_rss_bytes() or 0)
         else:  # no /proc (macOS): the lifetime peak is all there is; ru_maxrss is bytes there
             scale = 1 if sys.platform == "darwin" else 1024
             self.peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
@@ -96,7 +109,7 @@ class PeakMemory:
         """The peak so far, while the block is still running."""
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return max(self.peak_bytes, _current_rss_bytes() or 0) / 2**20
+        return max(self.peak_bytes, current_rss_bytes() or 0) / 2**20
 
 
 class Stopwatch:

@@ -50,7 +50,9 @@ from genbench.core import files
 from genbench.core.distributed import is_distributed, rank, world_size
 from genbench.core.errors import UsageError, UserError
 from genbench.metrics.fidelity import check_sample_count, resolve_network
+from genbench.metrics.likelihood import check_trained
 from genbench.models.base import get_model_class
+from genbench.models.plugins import construct
 
 
 def start(
@@ -79,12 +81,24 @@ def start(
         files.write_json(run_dir / "config.json", config)
         results.set_status(run_dir, "running")
     except KeyboardInterrupt:
-        _record(run_dir, "interrupted", "interrupted before training started; start the run again")
+        _abandon(run_dir, "interrupted", "interrupted before training started; start the run again")
         raise
     except BaseException as exc:
-        _record(run_dir, "failed", _reason(exc))
+        _abandon(run_dir, "failed", _reason(exc))
         raise
     return run_dir
+
+
+def _abandon(run_dir: Path, status: str, reason: str) -> None:
+    """A run folder whose start failed: its final status, or, where none could be written (a full
+    disk), no folder at all rather than an empty one that is not a run."""
+    _record(run_dir, status, reason)
+    if not (run_dir / "status.json").exists():
+        for leftover in [run_dir / "config.json", *run_dir.glob(".*.tmp")]:  # ours, just written
+            leftover.unlink(missing_ok=True)
+        for folder in [run_dir / "checkpoints", run_dir]:  # as create_run_dir made them, if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _reason(exc: BaseException) -> str:
@@ -123,7 +137,7 @@ def execute(
             ckpt = load_checkpoint(checkpoint, plan.identity()) if resume and checkpoint.exists() else None
             torch.manual_seed(plan.seed)  # weight init
             cls = get_model_class(plan.model)
-            model = prepare_model(cls(plan.model_config), options.device, options.compile)
+            model = prepare_model(construct(cls, plan.model_config), options.device, options.compile)
             trainer = Trainer(
                 model,
                 data,
@@ -146,6 +160,7 @@ def execute(
                 model, data, plan.eval_config, options.device, plan.seed, summary,
                 run_dir if writer else None, cache_dir, progress=options.progress,
             )  # fmt: skip
+            check_trained(entries, model)  # worse than a uniform coder: failed, like a diverged loss
             stop.phase = "writing results"
             protocol = protocol_block(
                 data, plan.eval_config, plan.profile, options.device, options.precision,
@@ -281,15 +296,16 @@ def _processes(request: RunRequest) -> int:
 
 
 def _threads(
-    settings: RunSettings, device: torch.device, config: dict[str, Any] | None
+    settings: RunSettings, device: torch.device, config: dict[str, Any] | None, share: int | None = None
 ) -> dict[str, Any] | None:
-    """Set torch's CPU threads for the next run (bench.engine.threads); its record for config.json."""
+    """Set torch's CPU threads for the next run (bench.engine.threads); its record for config.json.
+    ``share``: the processes of the run (default: those torchrun started)."""
     if device.type != "cpu":
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)
         return None
     recorded = ((config or {}).get("threads") or {}).get("threads")
-    choice = threads.decide(settings.threads, recorded, share=distributed.launched_world())
+    choice = threads.decide(settings.threads, recorded, share=share or distributed.launched_world())
     return threads.apply(choice).record()
 
 
@@ -344,6 +360,8 @@ def _run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, A
     if request.dry_run:
         if request.settings.batch_size is not None:  # the profiles' own batch sizes fit every dataset
             _check_fits_local_data(targets.plans[0].dataset, targets.data_dir, targets.plans, echo)
+        chosen = _threads(request.settings, device, targets.config, share=processes)  # what each rank takes
+        options = dataclasses.replace(options, threads=chosen)
         echo(json.dumps([describe(p, options) for p in targets.plans], indent=2))
         return []
     if processes > distributed.launched_world():  # --nproc N: the request is checked, start the workers

@@ -80,6 +80,23 @@ def _parse_device(ctx, param, value: str) -> str:
     return value
 
 
+THREADS_PER_CORE = 4  # --threads beyond this many per usable core only slows a run down (oversubscription)
+
+
+def _parse_threads(ctx, param, value: int | None) -> int | None:
+    """--threads N, at most THREADS_PER_CORE per usable core: an oversubscribed pool waits for its
+    slowest thread (1000 threads on 2 cores turn an 8-s run into minutes)."""
+    from genbench.bench.engine.threads import usable_cores
+
+    cores = usable_cores()
+    if value is not None and value > THREADS_PER_CORE * cores:
+        raise click.BadParameter(
+            f"{value} threads on {cores} usable core(s) oversubscribe them and slow the run down; use at "
+            f"most {THREADS_PER_CORE * cores} (or leave it out to match the free cores)"
+        )
+    return value
+
+
 def out_option(help: str, default: Path | None = Path("results")):
     """--out: the results folder a command writes to (--results, its former name, still accepted)."""
     return click.option(

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from genbench.bench.engine.data import DEFAULT_DATASET, default_feature_networks, get_dataset_spec
+from genbench.bench.engine.device import PRECISIONS
 from genbench.bench.engine.timing import device_name
 from genbench.bench.engine.train import RunOptions
 from genbench.bench.planning.settings import EVAL, TRAIN, RunSettings
+from genbench.bench.record.results import NAME_PATTERN
 from genbench.core import files
 from genbench.core.errors import UsageError, UserError
 from genbench.metrics.base import EVAL_PROFILES, EvalConfig
@@ -219,8 +221,18 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], RunPlan]:
         for key, types in (("run_id", str), ("data_dir", (str, type(None)))):
             if not isinstance(config.get(key), types):
                 raise TypeError(f"{key} is {type(config.get(key)).__name__}")
+        _check_recorded_values(config)
         return config, plan_from_config(config)
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(
             f"{run_dir}/config.json is not a genbench run config ({exc}); start a new run"
         ) from None
+
+
+def _check_recorded_values(config: dict[str, Any]) -> None:
+    """What the command line validates, validated again as written in a config.json: the run id is
+    one path component (it names files and folders), the precision one the loop runs with."""
+    if not NAME_PATTERN.fullmatch(config["run_id"]) or len(config["run_id"]) > 255:
+        raise ValueError(f"run_id {config['run_id']!r} is not a run id (letters, digits, '.', '_', '-')")
+    if "precision" in config and config["precision"] not in PRECISIONS:
+        raise ValueError(f"precision {config['precision']!r} is not one of {', '.join(PRECISIONS)}")

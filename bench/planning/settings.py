@@ -15,7 +15,13 @@ from typing import Any
 import click
 
 from genbench.bench.engine.data import DEFAULT_DATASET
-from genbench.bench.planning.cli_options import ComputeBudget, _NamedFolder, _options, _parse_device
+from genbench.bench.planning.cli_options import (
+    ComputeBudget,
+    _NamedFolder,
+    _options,
+    _parse_device,
+    _parse_threads,
+)
 
 TRAIN, EVAL = "train_config", "eval_config"  # the configs an override sets a field of
 
@@ -47,7 +53,7 @@ class RunSettings:
         False, "--compile", "compile", is_flag=True, help="torch.compile the model's networks."
     )
     threads: int | None = _setting(
-        None, "--threads", type=click.IntRange(min=1),
+        None, "--threads", type=click.IntRange(min=1), callback=_parse_threads,
         help="CPU threads for torch.  [default: the usable cores other programs leave free, measured "
         "before each run and recorded in config.json; OMP_NUM_THREADS if set]",
     )  # fmt: skip

@@ -22,7 +22,7 @@ from typing import Any
 
 from genbench.bench.engine.data import DEFAULT_DATASET
 from genbench.core.errors import UserError
-from genbench.core.files import read_json, write_json
+from genbench.core.files import overwrite_in_place, read_json, write_json
 
 CHECKPOINT = Path("checkpoints") / "last.pt"  # a run folder's checkpoint
 STATUSES = ("running", "interrupted", "failed", "done")
@@ -120,9 +120,19 @@ def _remove_run_dir(out: Path, run_dir: Path) -> None:
 
 
 def set_status(run_dir: Path, status: str, reason: str | None = None) -> None:
+    """Write status.json atomically; where that fails (a full disk has no room for the temporary
+    file), overwrite the existing one in place, so that a run never stays "running" after it ended."""
     if status not in STATUSES:
         raise ValueError(f"unknown status {status!r}")
-    write_json(Path(run_dir) / "status.json", {"status": status, "reason": reason, "updated": now_iso()})
+    path = Path(run_dir) / "status.json"
+    doc = {"status": status, "reason": reason, "updated": now_iso()}
+    try:
+        write_json(path, doc)
+    except UserError as exc:
+        try:
+            overwrite_in_place(path, (json.dumps(doc, indent=2) + "\n").encode())
+        except OSError:
+            raise exc from None
 
 
 def read_status(run_dir: Path) -> str | None:

@@ -27,6 +27,7 @@ from genbench.core.files import file_sha256, open_regular, save_image_grid, writ
 ARRAY_SUFFIXES = (".npz", ".npy", ".pt", ".pth")
 NPZ_KEY = "images"  # the array name `bench sample` writes
 PNG_GRID_MAX = 256  # more samples than this go to a .npz: a grid of them is too large to look at
+SAMPLE_LIMIT = 1_000_000  # `bench sample -n`: 100 times an FID protocol's 10k; more is several calls
 MAX_PNG_PIXELS = 4096 * 4096  # no dataset image is near this; a bigger PNG is a decompression bomb
 ACCEPTED = "a .npz, .npy or .pt array of images, or a folder of .png files"
 TO_UINT8 = "convert to uint8 0..255 first, e.g. (x * 255).round().clip(0, 255).astype(np.uint8)"
