@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from genbench.bench import results
-from genbench.bench.data import DEFAULT_DATASET, get_dataset_spec, load_dataset
+from genbench.bench.data import DEFAULT_SPEC, DatasetSpec, get_dataset_spec, load_dataset
 from genbench.bench.device import resolve_device
 from genbench.bench.evaluate import protocol_block
 from genbench.bench.sample_files import Samples, as_nchw, check_images, read_samples
@@ -106,7 +106,7 @@ def score(
     *,
     name: str = "samples",
     key: str | None = None,
-    dataset: str = DEFAULT_DATASET,
+    dataset: DatasetSpec | str = DEFAULT_SPEC,
     profile: str = DEFAULT_PROFILE,
     n_samples: int | None = None,
     networks: tuple[str, ...] = (),
@@ -123,7 +123,7 @@ def score(
     folder) the floors are read from its floors/ when there, else computed and written there."""
     samples = _as_samples(images_or_path, key)
     spec = get_dataset_spec(dataset)
-    images = check_images(samples, spec.image_shape, spec.levels, dataset)
+    images = check_images(samples, spec.image_shape, spec.levels, spec.name)
     if profile not in EVAL_PROFILES:
         raise UsageError(f"unknown profile {profile!r}; choose from {', '.join(EVAL_PROFILES)}")
     n = n_samples or min(len(images), EVAL_PROFILES[profile].n_samples)
@@ -131,15 +131,15 @@ def score(
         where = samples.source["path"] or "the array"
         raise UserError(f"{where} holds {len(images)} images; --n-samples {n} needs at least that many")
     config = eval_config(
-        EVAL_PROFILES[profile], dataset, profile, networks, allow_few_samples, inception_weights, n_samples=n
+        EVAL_PROFILES[profile], spec, profile, networks, allow_few_samples, inception_weights, n_samples=n
     )
     check_networks(config, n)
     device_ = resolve_device(device)
-    data = data if data is not None else load_dataset(dataset, data_dir, device=device_)
+    data = data if data is not None else load_dataset(spec, data_dir, device=device_)
     floors, notes = {}, list(samples.notes)
     for net in config.feature_networks:
         n_floor = min(n, len(data.train), len(data.test))  # as compute_floors counts
-        path = floors_path(floors_dir, dataset, net, n_floor) if floors_dir is not None else None
+        path = floors_path(floors_dir, spec.name, net, n_floor) if floors_dir is not None else None
         if path is not None and path.is_file():
             written = files.read_json(path, "delete it; it is re-created")
             if _usable_floor(written, resolve_network(net, config.inception_weights).sha256):
@@ -189,7 +189,7 @@ def score_external(request: EvalRequest, echo: Callable[..., None], data=None) -
         raise UserError(f"{out_dir} exists; pick another --name")
     settings = request.settings
     scored = score(
-        request.samples, name=name, key=request.key, dataset=request.dataset or DEFAULT_DATASET,
+        request.samples, name=name, key=request.key, dataset=request.dataset or DEFAULT_SPEC,
         profile=request.profile or DEFAULT_PROFILE, n_samples=request.n_samples, networks=request.networks,
         allow_few_samples=settings.allow_few_samples, inception_weights=settings.inception_weights,
         device=settings.device, data_dir=settings.data_dir,
@@ -219,8 +219,7 @@ def score_external(request: EvalRequest, echo: Callable[..., None], data=None) -
         staging.mkdir(parents=True)
         files.write_json(staging / "config.json", config)
         files.write_json(staging / "metrics.json", doc)
-        levels = get_dataset_spec(protocol["dataset"]).levels
-        files.save_image_grid(staging / "samples.png", scored.images[:64], levels=levels)
+        files.save_image_grid(staging / "samples.png", scored.images[:64], levels=protocol["levels"])
         results.set_status(staging, "done")
         os.rename(staging, out_dir)
     except OSError as exc:
@@ -256,7 +255,7 @@ def quality_line(doc: dict[str, Any], floors: dict[str, dict[str, Any]]) -> str:
 def score_samples(
     images_or_path: Any,
     *,
-    dataset: str = DEFAULT_DATASET,
+    dataset: DatasetSpec | str = DEFAULT_SPEC,
     profile: str = DEFAULT_PROFILE,
     n_samples: int | None = None,
     networks: tuple[str, ...] = (),

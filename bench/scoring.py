@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from genbench.bench import results
-from genbench.bench.data import default_feature_networks, load_dataset
+from genbench.bench.data import DatasetSpec, default_feature_networks, load_dataset
 from genbench.bench.device import resolve_device
 from genbench.bench.evaluate import evaluate, metrics_document, protocol_block
 from genbench.bench.sampling import load_run, read_checked
@@ -49,7 +49,7 @@ class EvalRequest:
     run_dir: Path | None = None
     samples: Path | None = None
     key: str | None = None
-    dataset: str | None = None
+    dataset: DatasetSpec | None = None
     profile: str | None = None
     n_samples: int | None = None
     networks: tuple[str, ...] = ()
@@ -95,7 +95,7 @@ def check_request(request: EvalRequest) -> None:
 
 def eval_config(
     base: EvalConfig,
-    dataset: str,
+    dataset: DatasetSpec,
     profile: str,
     networks: tuple[str, ...] = (),
     allow_few_samples: bool = False,
