@@ -42,7 +42,9 @@ FAMILIES = sorted(models.MODELS)
 )
 def test_the_dataset_decides_shape_levels_and_feature_networks(dataset, profile, shape, levels, networks):
     p = plan("vae", profile, 0, dataset=dataset)
-    assert p.dataset.name == dataset and p.model_config.image_shape == shape and p.model_config.levels == levels
+    assert (
+        p.dataset.name == dataset and p.model_config.image_shape == shape and p.model_config.levels == levels
+    )
     assert p.eval_config.feature_networks == networks
     # Chosen networks stay chosen; the round trip through config.json keeps everything.
     chosen = plan("vae", profile, 0, eval_overrides={"feature_networks": ("inception",)}, dataset=dataset)
