@@ -298,7 +298,8 @@ class Dataset:
         spec = self.spec or DATASETS.get(self.name)
         if spec is None:
             return {}
-        extra = {k: v for k, v in spec.record().items() if k != "dataset"}  # a folder's source and checksum
+        # A folder's checksum; not its path, which differs between machines holding the same images.
+        extra = {k: v for k, v in spec.record().items() if k not in ("dataset", "dataset_source")}
         return extra | ({"binarization": spec.description} if spec.binarized else {})
 
 
