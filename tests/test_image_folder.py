@@ -169,7 +169,8 @@ def test_every_family_trains_on_a_grey_folder_and_the_report_groups_it_apart_fro
         doc = json.loads((out / f"{name}-folder-shapes-smoke-s0-g" / "metrics.json").read_text())
         assert doc["protocol"]["dataset"] == "folder-shapes" and doc["protocol"]["image_shape"] == [1, 16, 16]
         assert doc["metrics"]["fid_inception"]["value"] is None  # Inception on the full profile only
-    mnist_plan = plans.plan("flow", "smoke", 0, {"max_steps": 2}, {"n_samples": 12, "allow_few_samples": True})
+    evaluation = {"n_samples": 12, "allow_few_samples": True}
+    mnist_plan = plans.plan("flow", "smoke", 0, {"max_steps": 2}, evaluation)
     runs.execute(
         runs.start(mnist_plan, OPTIONS, out, name="m"), fake_mnist(), OPTIONS, cache_dir=out / ".cache"
     )
