@@ -191,11 +191,11 @@ def eval_(
     if run_dir is not None:
         _load_plugins()
         report, out_dir = scoring.reevaluate(request, echo=click.echo)
-        line = summary_line(report)
+        floors, line = None, summary_line(report)
     else:
         scored, out_dir = external.score_external(request, echo=click.echo)
-        report, line = scored.doc, external.quality_line(scored.doc, scored.floors)
-    click.echo(json.dumps(external.flat_scores(report)) if as_json else line)
+        report, floors, line = scored.doc, scored.floors, external.quality_line(scored.doc, scored.floors)
+    click.echo(json.dumps(external.flat_scores(report, floors)) if as_json else line)
     click.echo(f"-> {out_dir}", err=True)
 
 

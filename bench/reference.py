@@ -60,9 +60,10 @@ class Reference:
     def protocol(self) -> dict[str, Any]:
         return {"reference": self.name, "reference_sha256": self.sha256, "n_reference": len(self.images)}
 
-    def cache(self, folder: Path) -> FeatureCache:
-        """Its features' cache file, named by its pixels' checksum (the whole key is inside)."""
-        return FeatureCache(Path(folder), f"ref-{self.sha256[:16]}", "all", 0)
+    def cache(self, folder: Path | None) -> FeatureCache | None:
+        """Its features' cache file, named by its pixels' checksum (the whole key is inside); None
+        without a cache folder (the API's default: nothing written)."""
+        return None if folder is None else FeatureCache(Path(folder), f"ref-{self.sha256[:16]}", "all", 0)
 
 
 def _pixels_sha256(images: Tensor) -> str:
@@ -156,13 +157,9 @@ def score_against(
     cache_dir: Path,
     seed: int,
 ) -> tuple[dict[str, dict], dict[str, dict]]:
-    """metrics.json entries of ``images`` against all of the reference, per feature network, and
-    the floors documents (one half of the reference against the other) at the same count."""
-    if tuple(images.shape[1:]) != tuple(reference.images.shape[1:]):
-        raise UserError(
-            f"the samples are {tuple(images.shape[1:])} (C, H, W), but the reference {reference.name} "
-            f"holds {tuple(reference.images.shape[1:])} images"
-        )
+    """metrics.json entries of ``images`` (checked to be of the reference's shape) against all of the
+    reference, per feature network, and the floors documents (one half of the reference against the
+    other) at the same count."""
     entries, floors = {}, {}
     for net in networks:
         network = resolve_network(net, config.inception_weights)
