@@ -147,6 +147,10 @@ class DatasetSpec:
     description: str
     binarized: bool = False
 
+    def json_value(self) -> str:
+        """How JSON data holds it (a request handed to the --nproc workers): what --dataset took."""
+        return f"{PREFIX}{self.source.path}" if isinstance(self.source, FolderSource) else self.name
+
     def record(self) -> dict[str, str]:
         """What config.json and the protocol record of the dataset: its name, and for a folder where
         it is and its contents' checksum (``parse_dataset`` reads the folder back from these)."""

@@ -149,9 +149,12 @@ def test_vae_runs_on_an_rgb_folder_end_to_end_and_resumes_from_its_config(tmp_pa
     assert torch.load(run_dir / "samples.pt", weights_only=True).shape[1:] == (3, 16, 16)
 
 
-def test_settings_carry_the_typed_dataset():
+def test_settings_carry_the_typed_dataset_and_a_folder_survives_the_trip_to_the_nproc_workers(tmp_path):
     assert RunSettings(dataset="cifar10").dataset == get_dataset_spec("cifar10")
     assert RunSettings().dataset.name == "mnist"
+    spec = get_dataset_spec(f"folder:{make_folder(tmp_path / 'shapes', n=3, size=8)}")
+    request = plans.RunRequest(models=("vae",), nproc=2, settings=RunSettings(device="cpu", dataset=spec))
+    assert runs.request_from_data(runs.request_data(request)) == request
 
 
 @pytest.mark.slow
