@@ -159,3 +159,21 @@ def test_flat_scores_hold_the_computed_values_their_protocol_and_floors_only():
         "fid_mnist_floor": 1.0, "is_mnist": 2.5,
     }  # fmt: skip
     assert "fid_mnist_floor" not in flat_scores(doc)
+
+
+def test_a_datasets_split_is_a_reference_with_the_datasets_own_network(monkeypatch):
+    data = fake_mnist()
+    asked = []
+
+    def load(spec, data_dir):
+        asked.append((spec.name, data_dir))
+        return data
+
+    monkeypatch.setattr(references, "load_dataset", load)
+    ref = references.read_reference("fashion-mnist:val", data_dir="d")
+    assert asked == [("fashion-mnist", "d")] and torch.equal(ref.images, data.val)
+    assert (ref.name, ref.dataset, ref.networks) == ("fashion-mnist:val", "fashion-mnist", ("fashion-mnist",))
+    assert ref.protocol() == {
+        "reference": "fashion-mnist:val", "reference_sha256": ref.sha256, "n_reference": len(data.val)
+    }  # fmt: skip
+    assert references.read_reference("cifar10:test").networks == ("inception",)  # its full profile's
