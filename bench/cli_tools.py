@@ -219,7 +219,7 @@ def eval_(
 @setting_options("device", "data_dir", "inception_weights")
 def stats(reference, networks, stats_out, cache_dir, device, data_dir, inception_weights) -> None:
     """Precompute a reference set's feature statistics (mu, sigma, n, the network and its SHA-256) as
-    a .npz of numbers, and cache its features for `bench eval --samples A --reference` it."""
+    a .npz of numbers, and cache its features, which `bench eval --samples A --reference B` reads."""
     from genbench.bench import reference as references
     from genbench.bench.device import resolve_device
     from genbench.metrics.fidelity import resolve_network
