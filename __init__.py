@@ -8,7 +8,7 @@ The public Python API, imported lazily so that ``import genbench`` stays light (
 
     from genbench import score_samples
     scores = score_samples("samples.npz")  # any generator's uint8 images, under the quick protocol
-    scores["metrics"]["fid_mnist"]["value"], scores["floors"]["mnist"]["metrics"]["fid_mnist"]["value"]
+    scores["fid_mnist"], scores["fid_mnist_floor"], scores["n_samples"]  # one flat dict
 
 * ``score_samples(images_or_path, ...)``: sample-quality metrics of another generator's images
   with the real-data floors at the same count (``bench eval --samples`` without writing).

@@ -104,8 +104,10 @@ def file_sha256(path: Path) -> str:
 
 
 def _jsonable(obj: Any) -> Any:
+    if callable(getattr(obj, "json_value", None)):  # a value written as the text that parses back to it
+        return _jsonable(obj.json_value())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj))
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -20,6 +20,7 @@ import dataclasses
 import datetime
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,31 @@ def feature_layers(network: FeatureNetwork) -> tuple[str, ...]:
     return (network.feature_layer,) if network.is_layer is None else (network.feature_layer, network.is_layer)
 
 
+def feature_extraction(
+    network: FeatureNetwork, device: str | torch.device, batch_size: int = 256
+) -> Callable[[Tensor], dict[str, Tensor]]:
+    """images uint8 (N, C, H, W) -> {layer: (N, d)} through torch-fidelity's extraction, every layer
+    of ``feature_layers`` in one pass; the extractor is built at the first call and kept."""
+    cuda, device_scope = device_kwargs(device)
+    extractor = None
+
+    def extract(images: Tensor) -> dict[str, Tensor]:
+        nonlocal extractor
+        with device_scope:
+            if extractor is None:
+                # Always a local weights path: torch-fidelity downloads when given none.
+                extractor = create_feature_extractor(
+                    network.extractor, list(feature_layers(network)), cuda=cuda,
+                    feature_extractor_weights_path=str(network.weights_path), verbose=False,
+                )  # fmt: skip
+            # save_cpu_ram: no DataLoader worker processes for in-memory tensors
+            return get_featuresdict_from_dataset(
+                RGB8(images), extractor, batch_size, cuda, save_cpu_ram=True, verbose=False
+            )
+
+    return extract
+
+
 def run_torch_fidelity(
     input1: Tensor,
     input2: Tensor | None,
@@ -172,23 +198,8 @@ def run_torch_fidelity(
     metric steps on the features. An input with a FeatureCache has its features read from, or
     written to, that cache as plain arrays; torch-fidelity itself is never handed a file.
     ``stderr`` adds "fid_stderr" and "kid_stderr" (metrics.noise.bootstrap_stderr)."""
-    cuda, device_scope = device_kwargs(device)
     layers = feature_layers(network)
-    extractor = None
-
-    def extract(images: Tensor) -> dict[str, Tensor]:
-        nonlocal extractor
-        with device_scope:
-            if extractor is None:
-                # Always a local weights path: torch-fidelity downloads when given none.
-                extractor = create_feature_extractor(
-                    network.extractor, list(layers), cuda=cuda,
-                    feature_extractor_weights_path=str(network.weights_path), verbose=False,
-                )  # fmt: skip
-            # save_cpu_ram: no DataLoader worker processes for in-memory tensors
-            return get_featuresdict_from_dataset(
-                RGB8(images), extractor, batch_size, cuda, save_cpu_ram=True, verbose=False
-            )
+    extract = feature_extraction(network, device, batch_size)
 
     def features_of(images: Tensor, cache: FeatureCache | None) -> dict[str, Tensor]:
         return extract(images) if cache is None else cached_features(images, network, cache, layers, extract)

@@ -42,7 +42,9 @@ FAMILIES = sorted(models.MODELS)
 )
 def test_the_dataset_decides_shape_levels_and_feature_networks(dataset, profile, shape, levels, networks):
     p = plan("vae", profile, 0, dataset=dataset)
-    assert p.dataset == dataset and p.model_config.image_shape == shape and p.model_config.levels == levels
+    assert (
+        p.dataset.name == dataset and p.model_config.image_shape == shape and p.model_config.levels == levels
+    )
     assert p.eval_config.feature_networks == networks
     # Chosen networks stay chosen; the round trip through config.json keeps everything.
     chosen = plan("vae", profile, 0, eval_overrides={"feature_networks": ("inception",)}, dataset=dataset)
@@ -59,7 +61,7 @@ def test_identity_and_old_configs():
     p = plan("vae", "smoke", 0)
     old = {"model": "vae", "profile": "smoke", "seed": 0, "model_config": p.model_config.__dict__,
            "train_config": p.train_config.__dict__, "eval_config": p.eval_config.__dict__}  # fmt: skip
-    assert plan_from_config(json.loads(json.dumps(old))).dataset == "mnist"  # written before datasets
+    assert plan_from_config(json.loads(json.dumps(old))).dataset.name == "mnist"  # written before datasets
 
 
 def test_unknown_dataset_and_resume_with_dataset_are_usage_errors(tmp_path):

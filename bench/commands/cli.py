@@ -335,7 +335,8 @@ def sweep(
     sweeps.submit(request, echo=click.echo)
 
 
-for _command in (cli_tools.floors, cli_tools.train_classifier, cli_tools.eval_, cli_tools.sample):
+_TOOLS = (cli_tools.floors, cli_tools.train_classifier, cli_tools.eval_, cli_tools.sample, cli_tools.stats)
+for _command in _TOOLS:
     cli.add_command(_command)
 
 

@@ -3,6 +3,7 @@ run (reference rows, feature networks, scoring checkpoints and other people's sa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -127,6 +128,14 @@ def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
     help="Score another generator's samples instead: uint8 images in a .npz/.npy/.pt, or a folder of .png.",
 )
 @click.option("--key", default=None, help="--samples: the array's name in a .npz (or .pt dict) of several.")
+@click.option(
+    "--reference",
+    default=None,
+    metavar="FOLDER|FILE|DATASET:SPLIT",
+    help="--samples: compare with all of these images instead of the dataset's test set: a folder of "
+    "PNG/JPEG, a .npz/.npy/.pt of uint8 images, or a dataset's split (mnist:test).  [default network: "
+    "inception; a dataset's split: the dataset's]",
+)
 @dataset_option(
     f"--samples: the dataset they imitate (its test set is the reference).  [default: {DEFAULT_DATASET}]",
     default=None,
@@ -163,9 +172,10 @@ def train_classifier(dataset, data_dir, out, seed, epochs, device) -> None:
     help="Result-folder suffix; with --samples also the row's name.",
 )
 @out_option("--samples: results folder for the result and the floors.  [default: results]", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print one flat JSON object of the scores on stdout.")
 def eval_(
-    run_dir, samples, key, dataset, profile, n_samples, networks, n_test, iwae_k, ais_steps, ais_chains,
-    sampler_steps, cache_dir, name, out, **settings,
+    run_dir, samples, key, reference, dataset, profile, n_samples, networks, n_test, iwae_k, ais_steps,
+    ais_chains, sampler_steps, cache_dir, name, out, as_json, **settings,
 ) -> None:  # fmt: skip
     """Evaluate RUN_DIR's checkpoint under another protocol (the result goes to a new folder beside
     the run, RUN_DIR+eval-NAME; the run is never touched), or score --samples of a generator genbench
@@ -175,7 +185,8 @@ def eval_(
     from genbench.bench.planning.settings import RunSettings
 
     request = scoring.EvalRequest(
-        run_dir=run_dir, samples=samples, key=key, dataset=dataset, profile=profile, n_samples=n_samples,
+        run_dir=run_dir, samples=samples, key=key, reference=reference, dataset=dataset, profile=profile,
+        n_samples=n_samples,
         networks=networks, n_test=n_test, iwae_k=iwae_k, ais_steps=ais_steps, ais_chains=ais_chains,
         sampler_steps=sampler_steps,
         settings=RunSettings.from_options(**settings), cache_dir=cache_dir, name=name, results=out,
@@ -184,11 +195,56 @@ def eval_(
     if run_dir is not None:
         _load_plugins()
         report, out_dir = scoring.reevaluate(request, echo=click.echo)
-        click.echo(summary_line(report))
+        floors, line = None, summary_line(report)
     else:
         scored, out_dir = external.score_external(request, echo=click.echo)
-        click.echo(external.quality_line(scored.doc, scored.floors))
+        report, floors, line = scored.doc, scored.floors, external.quality_line(scored.doc, scored.floors)
+    click.echo(json.dumps(external.flat_scores(report, floors)) if as_json else line)
     click.echo(f"-> {out_dir}", err=True)
+
+
+@click.command()
+@click.argument("reference", metavar="FOLDER|FILE|DATASET:SPLIT")
+@networks_option("Feature network (repeatable).  [default: inception; a dataset's split: the dataset's]")
+@click.option(
+    "--out",
+    "stats_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The statistics file (.npz).  [default: CACHE_DIR/stats-<pixels sha256>-<network>-<sha256>.npz]",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results/.cache"),
+    show_default=True,
+    help="Cache of the reference's features (bench eval --reference reads them from there).",
+)
+@setting_options("device", "data_dir", "inception_weights")
+def stats(reference, networks, stats_out, cache_dir, device, data_dir, inception_weights) -> None:
+    """Precompute a reference set's feature statistics (mu, sigma, n, the network and its SHA-256) as
+    a .npz of numbers, and cache its features, which `bench eval --samples A --reference B` reads."""
+    from genbench.bench.commands import reference as references
+    from genbench.bench.engine.device import resolve_device
+    from genbench.metrics.fidelity import resolve_network
+
+    if stats_out is not None:
+        if len(networks) > 1:
+            raise click.UsageError("--out holds one network's statistics; name one --network")
+        if stats_out.suffix != ".npz":
+            raise click.UsageError(f"--out {stats_out}: the statistics are written as a .npz")
+        files.check_output_file(stats_out, "--out")
+    check_writable_folder(cache_dir, "--cache-dir")
+    ref = references.read_reference(reference, data_dir)
+    for net in networks or ref.networks:
+        network = resolve_network(net, inception_weights)
+        features = references.reference_features(ref, network, cache_dir, resolve_device(device))
+        path = stats_out or references.stats_path(cache_dir, ref, network)
+        record = references.write_stats(path, ref, network, features)
+        click.echo(
+            f"{ref.name}: {record['n']} images, {net} features ({network.sha256[:12]}), mu "
+            f"{tuple(record['mu'].shape)} sigma {tuple(record['sigma'].shape)} -> {path}"
+        )
 
 
 @click.command()

@@ -27,10 +27,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genbench.bench.commands.reference import Reference, read_reference, score_against
 from genbench.bench.commands.scoring import EvalRequest, check_networks, eval_config, stamp
-from genbench.bench.engine.data import DEFAULT_DATASET, get_dataset_spec, load_dataset
+from genbench.bench.engine.data import (
+    DEFAULT_SPEC,
+    DatasetSpec,
+    get_dataset_spec,
+    load_dataset,
+)
 from genbench.bench.engine.device import resolve_device
 from genbench.bench.engine.evaluate import protocol_block
+from genbench.bench.engine.timing import hardware_name
 from genbench.bench.record import results
 from genbench.bench.record.sample_files import Samples, as_nchw, check_images, read_samples
 from genbench.core import files
@@ -38,7 +45,7 @@ from genbench.core.errors import UsageError, UserError
 from genbench.core.schema import SCHEMA_VERSION, Value, entry
 from genbench.metrics import METRICS, EvalContext
 from genbench.metrics.base import EVAL_PROFILES, EvalConfig
-from genbench.metrics.fidelity import compute_floors, floors_path, resolve_network, write_floors
+from genbench.metrics.fidelity import compute_floors, floors_path, network_ids, resolve_network, write_floors
 
 EXTERNAL = "external samples"
 LIKELIHOOD_FIELDS = ("precision", "test_images", "test_subset", "iwae_k", "iwae_images")
@@ -106,7 +113,7 @@ def score(
     *,
     name: str = "samples",
     key: str | None = None,
-    dataset: str = DEFAULT_DATASET,
+    dataset: DatasetSpec | str = DEFAULT_SPEC,
     profile: str = DEFAULT_PROFILE,
     n_samples: int | None = None,
     networks: tuple[str, ...] = (),
@@ -117,29 +124,38 @@ def score(
     cache_dir: Path | None = None,
     floors_dir: Path | None = None,
     data=None,
+    reference: str | None = None,
 ) -> Scored:
     """Score samples (a path, or an array/tensor of images) under ``profile``'s protocol: the first
-    ``n_samples`` (default: all, at most the profile's count). With ``floors_dir`` (a results
-    folder) the floors are read from its floors/ when there, else computed and written there."""
+    ``n_samples`` (default: all, at most the profile's count), against ``dataset``'s test images or
+    all of ``reference`` (bench.commands.reference). With ``floors_dir`` (a results folder) the dataset's
+    floors are read from its floors/ when there, else computed and written there."""
     samples = _as_samples(images_or_path, key)
-    spec = get_dataset_spec(dataset)
-    images = check_images(samples, spec.image_shape, spec.levels, dataset)
     if profile not in EVAL_PROFILES:
         raise UsageError(f"unknown profile {profile!r}; choose from {', '.join(EVAL_PROFILES)}")
-    n = n_samples or min(len(images), EVAL_PROFILES[profile].n_samples)
-    if n > len(images):
-        where = samples.source["path"] or "the array"
-        raise UserError(f"{where} holds {len(images)} images; --n-samples {n} needs at least that many")
+    device_ = resolve_device(device)
+    if reference is not None:
+        ref = read_reference(reference, data_dir)
+        images = check_images(samples, tuple(ref.images.shape[1:]), 256, ref.name)
+        n = _count(samples, images, profile, n_samples)
+        config = eval_config(
+            EVAL_PROFILES[profile], DEFAULT_SPEC, profile, networks or ref.networks, allow_few_samples,
+            inception_weights, n_samples=n,
+        )  # fmt: skip
+        check_networks(config, n)
+        return _scored_against(samples, images[:n], ref, config, profile, device_, name, cache_dir)
+    spec = get_dataset_spec(dataset)
+    images = check_images(samples, spec.image_shape, spec.levels, spec.name)
+    n = _count(samples, images, profile, n_samples)
     config = eval_config(
-        EVAL_PROFILES[profile], dataset, profile, networks, allow_few_samples, inception_weights, n_samples=n
+        EVAL_PROFILES[profile], spec, profile, networks, allow_few_samples, inception_weights, n_samples=n
     )
     check_networks(config, n)
-    device_ = resolve_device(device)
-    data = data if data is not None else load_dataset(dataset, data_dir, device=device_)
+    data = data if data is not None else load_dataset(spec, data_dir, device=device_)
     floors, notes = {}, list(samples.notes)
     for net in config.feature_networks:
         n_floor = min(n, len(data.train), len(data.test))  # as compute_floors counts
-        path = floors_path(floors_dir, dataset, net, n_floor) if floors_dir is not None else None
+        path = floors_path(floors_dir, spec.name, net, n_floor) if floors_dir is not None else None
         if path is not None and path.is_file():
             written = files.read_json(path, "delete it; it is re-created")
             if _usable_floor(written, resolve_network(net, config.inception_weights).sha256):
@@ -168,6 +184,42 @@ def score(
     return Scored(doc, floors, config, images[:n], tuple(notes))
 
 
+def _count(samples: Samples, images: Tensor, profile: str, n_samples: int | None) -> int:
+    n = n_samples or min(len(images), EVAL_PROFILES[profile].n_samples)
+    if n > len(images):
+        where = samples.source["path"] or "the array"
+        raise UserError(f"{where} holds {len(images)} images; --n-samples {n} needs at least that many")
+    return n
+
+
+def _scored_against(
+    samples: Samples,
+    images: Tensor,
+    ref: Reference,
+    config: EvalConfig,
+    profile: str,
+    device,
+    name,
+    cache_dir,
+) -> Scored:
+    """``images`` scored against all of the reference ``ref``, with its halves' floor."""
+    computed, floors = score_against(images, ref, config.feature_networks, config, device, cache_dir, SEED)
+    entries = {
+        o.key: entry(o, Value(None, na=NOT_MEASURED)) for metric in METRICS.values() for o in metric.outputs
+    }
+    protocol = {
+        "profile": profile, "dataset": ref.dataset, "levels": 256, "image_shape": list(images.shape[1:]),
+        "device": device.type, "hardware": hardware_name(device), "n_samples": len(images),
+        **ref.protocol(), "feature_networks": network_ids(config), "evaluation": EXTERNAL,
+    }  # fmt: skip
+    doc = {
+        "schema": SCHEMA_VERSION, "run_id": None, "model": name, "seed": None, "protocol": protocol,
+        "model_protocol": {"sample_modes": {"default": ""}, "likelihood": None, "likelihood_estimator": None},
+        "source": samples.source, "metrics": entries | computed,
+    }  # fmt: skip
+    return Scored(doc, floors, config, images, tuple(samples.notes))
+
+
 def default_name(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path).stem).strip("-.") or "samples"
 
@@ -189,12 +241,12 @@ def score_external(request: EvalRequest, echo: Callable[..., None], data=None) -
         raise UserError(f"{out_dir} exists; pick another --name")
     settings = request.settings
     scored = score(
-        request.samples, name=name, key=request.key, dataset=request.dataset or DEFAULT_DATASET,
+        request.samples, name=name, key=request.key, dataset=request.dataset or DEFAULT_SPEC,
         profile=request.profile or DEFAULT_PROFILE, n_samples=request.n_samples, networks=request.networks,
         allow_few_samples=settings.allow_few_samples, inception_weights=settings.inception_weights,
         device=settings.device, data_dir=settings.data_dir,
         cache_dir=request.cache_dir or out / ".cache",
-        floors_dir=out, data=data,
+        floors_dir=out, data=data, reference=request.reference,
     )  # fmt: skip
     for note in scored.notes:
         echo(f"note: {note}", err=True)
@@ -219,8 +271,7 @@ def score_external(request: EvalRequest, echo: Callable[..., None], data=None) -
         staging.mkdir(parents=True)
         files.write_json(staging / "config.json", config)
         files.write_json(staging / "metrics.json", doc)
-        levels = get_dataset_spec(protocol["dataset"]).levels
-        files.save_image_grid(staging / "samples.png", scored.images[:64], levels=levels)
+        files.save_image_grid(staging / "samples.png", scored.images[:64], levels=protocol["levels"])
         results.set_status(staging, "done")
         os.rename(staging, out_dir)
     except OSError as exc:
@@ -253,10 +304,46 @@ def quality_line(doc: dict[str, Any], floors: dict[str, dict[str, Any]]) -> str:
     )
 
 
+FLAT_PROTOCOL = (
+    "profile",
+    "dataset",
+    "evaluation",
+    "n_samples",
+    "reference",
+    "reference_sha256",
+    "n_reference",
+    "device",
+)
+
+
+def flat_scores(doc: dict[str, Any], floors: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One flat object (``bench eval --json``): each computed metric's value and, where it has one,
+    its standard error (``<key>_stderr``); the protocol (sample count, reference, each feature
+    network's SHA-256 as ``<network>_sha256``); with ``floors``, each value's real-data floor at the
+    same count (``<key>_floor``)."""
+    protocol = doc["protocol"]
+    flat = {"run_id": doc.get("run_id"), "model": doc.get("model")}
+    flat |= {k: protocol[k] for k in FLAT_PROTOCOL if k in protocol}
+    for key, e in doc["metrics"].items():
+        if e["value"] is None:
+            continue
+        flat[key] = e["value"]
+        if e.get("stderr") is not None:
+            flat[f"{key}_stderr"] = e["stderr"]
+        network = e["protocol"].get("feature_network")
+        if network is not None:
+            flat[f"{network}_sha256"] = e["protocol"]["sha256"]
+            floor = (floors or {}).get(network, {}).get("metrics", {}).get(e.get("floor") or key, {})
+            if floor.get("value") is not None:
+                flat[f"{key}_floor"] = floor["value"]
+    return flat
+
+
 def score_samples(
     images_or_path: Any,
     *,
-    dataset: str = DEFAULT_DATASET,
+    dataset: DatasetSpec | str = DEFAULT_SPEC,
+    reference: str | None = None,
     profile: str = DEFAULT_PROFILE,
     n_samples: int | None = None,
     networks: tuple[str, ...] = (),
@@ -270,11 +357,13 @@ def score_samples(
     """``genbench.score_samples``: the sample-quality metrics of images from any generator under a
     profile's protocol, as ``bench eval --samples`` computes them, writing nothing. ``images_or_path``:
     a .npz/.npy/.pt file or a folder of .png files, or a uint8 array/tensor (N, C, H, W), (N, H, W)
-    or (N, H, W, C). Returns metrics.json's content ("metrics": key -> entry with "value", "label",
-    "protocol"...) plus "floors": feature network -> the real-data floors document at the same count."""
+    or (N, H, W, C). ``reference``: compare with all of another image set (a folder, an array file,
+    or DATASET:SPLIT) instead of ``dataset``'s test images. Returns ``flat_scores`` with the floors:
+    the computed metrics ("fid_mnist": value, "fid_mnist_stderr", "fid_mnist_floor"...) and the
+    protocol ("n_samples", "reference", "mnist_sha256"...); the nested document is ``score``'s."""
     scored = score(
         images_or_path, key=key, dataset=dataset, profile=profile, n_samples=n_samples, networks=networks,
         allow_few_samples=allow_few_samples, inception_weights=inception_weights, device=device,
-        data_dir=data_dir, cache_dir=cache_dir,
+        data_dir=data_dir, cache_dir=cache_dir, reference=reference,
     )  # fmt: skip
-    return {**scored.doc, "floors": scored.floors}
+    return flat_scores(scored.doc, scored.floors)

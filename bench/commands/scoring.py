@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from genbench.bench.commands.sampling import load_run, read_checked
-from genbench.bench.engine.data import default_feature_networks, load_dataset
+from genbench.bench.engine.data import DatasetSpec, default_feature_networks, load_dataset
 from genbench.bench.engine.device import resolve_device
 from genbench.bench.engine.evaluate import evaluate, metrics_document, protocol_block
 from genbench.bench.engine.timing import device_name
@@ -49,7 +49,10 @@ class EvalRequest:
     run_dir: Path | None = None
     samples: Path | None = None
     key: str | None = None
-    dataset: str | None = None
+    reference: str | None = (
+        None  # --reference: a folder, an array file or DATASET:SPLIT (bench.commands.reference)
+    )
+    dataset: DatasetSpec | None = None
     profile: str | None = None
     n_samples: int | None = None
     networks: tuple[str, ...] = ()
@@ -69,7 +72,10 @@ def check_request(request: EvalRequest) -> None:
     if (request.run_dir is None) == (request.samples is None):
         raise UsageError("pass a RUN_DIR to re-evaluate, or --samples PATH to score samples (not both)")
     if request.run_dir is not None:
-        wrong = {"--key": request.key, "--dataset": request.dataset, "--out": request.results}
+        wrong = {
+            "--key": request.key, "--dataset": request.dataset, "--out": request.results,
+            "--reference": request.reference,
+        }  # fmt: skip
         what = "a RUN_DIR (its result goes beside the run)"
     else:
         wrong = {
@@ -83,6 +89,8 @@ def check_request(request: EvalRequest) -> None:
     given = [flag for flag, value in wrong.items() if value is not None]
     if given:
         raise UsageError(f"{', '.join(given)} does not apply to {what}; drop it")
+    if request.reference is not None and request.dataset is not None:
+        raise UsageError("--reference replaces the --dataset's test images; drop one of them")
     for net in request.networks:
         if net not in NETWORKS:
             raise UsageError(f"--network {net}: choose from {', '.join(NETWORKS)}")
@@ -95,7 +103,7 @@ def check_request(request: EvalRequest) -> None:
 
 def eval_config(
     base: EvalConfig,
-    dataset: str,
+    dataset: DatasetSpec,
     profile: str,
     networks: tuple[str, ...] = (),
     allow_few_samples: bool = False,

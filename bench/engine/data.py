@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from genbench.bench.engine.image_folder import PREFIX, FolderSource, dataset_name, read_folder
 from genbench.core.errors import UserError
 from genbench.core.files import to_8bit
 
@@ -138,13 +139,25 @@ class DatasetSpec:
     """One entry of the registry: where the data comes from and the protocol it is measured under."""
 
     name: str
-    source: Source
+    source: Source | FolderSource
     image_shape: tuple[int, int, int]
     levels: int
     # Default feature networks per profile (EvalConfig.feature_networks None resolves to these).
     feature_networks: dict[str, tuple[str, ...]]
     description: str
     binarized: bool = False
+
+    def json_value(self) -> str:
+        """How JSON data holds it (a request handed to the --nproc workers): what --dataset took."""
+        return f"{PREFIX}{self.source.path}" if isinstance(self.source, FolderSource) else self.name
+
+    def record(self) -> dict[str, str]:
+        """What config.json and the protocol record of the dataset: its name, and for a folder where
+        it is and its contents' checksum (``parse_dataset`` reads the folder back from these)."""
+        if isinstance(self.source, FolderSource):
+            return {"dataset": self.name, "dataset_source": f"{PREFIX}{self.source.path}",
+                    "dataset_sha256": self.source.sha256}  # fmt: skip
+        return {"dataset": self.name}
 
 
 def _networks(own: str) -> dict[str, tuple[str, ...]]:
@@ -189,14 +202,33 @@ def dataset_names() -> list[str]:
     return list(DATASETS)
 
 
-def get_dataset_spec(name: str) -> DatasetSpec:
+def get_dataset_spec(name: str | DatasetSpec) -> DatasetSpec:
+    """The dataset ``name`` (a registry name or ``folder:PATH``); a spec is returned as it is."""
+    if isinstance(name, DatasetSpec):
+        return name
+    if name.startswith(PREFIX):
+        return folder_spec(Path(name[len(PREFIX) :]))
     if name not in DATASETS:
-        raise UnknownDataset(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+        raise UnknownDataset(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}, or folder:PATH")
     return DATASETS[name]
 
 
-def default_feature_networks(dataset: str, profile: str) -> tuple[str, ...]:
+def folder_spec(path: Path) -> DatasetSpec:
+    """A folder of PNG/JPEG images as a dataset: 8-bit, its shape from its images, measured as
+    CIFAR-10 is (Inception on the full profile; the CPU profiles draw too few samples for it)."""
+    found = read_folder(path)
+    n, shape = len(found.images), tuple(found.images.shape[1:])
+    return DatasetSpec(
+        dataset_name(path), FolderSource(Path(path).resolve(), found.sha256), shape, 256,
+        DATASETS["cifar10"].feature_networks, f"image folder {Path(path).resolve()}, {n} images, 8-bit",
+    )  # fmt: skip
+
+
+def default_feature_networks(dataset: str | DatasetSpec, profile: str) -> tuple[str, ...]:
     return get_dataset_spec(dataset).feature_networks[profile]
+
+
+DEFAULT_SPEC = DATASETS[DEFAULT_DATASET]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -226,9 +258,10 @@ class Dataset:
     train_labels: Tensor
     val_labels: Tensor
     test_labels: Tensor
-    name: str = DEFAULT_DATASET  # the dataset's registry name, recorded in every protocol
+    name: str = DEFAULT_DATASET  # the dataset's name (spec.name), recorded in every protocol
     levels: int = 256  # intensity levels per pixel; pixels are integers 0..levels-1
     train_intensities: Tensor | None = None
+    spec: DatasetSpec | None = None  # where it was loaded from (None: made in memory, by a test)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -266,8 +299,12 @@ class Dataset:
 
     def protocol(self) -> dict[str, str]:
         """Protocol fields beyond name, levels and shape (metrics.json's run-level block)."""
-        spec = DATASETS.get(self.name)
-        return {"binarization": spec.description} if spec is not None and spec.binarized else {}
+        spec = self.spec or DATASETS.get(self.name)
+        if spec is None:
+            return {}
+        # A folder's checksum; not its path, which differs between machines holding the same images.
+        extra = {k: v for k, v in spec.record().items() if k not in ("dataset", "dataset_source")}
+        return extra | ({"binarization": spec.description} if spec.binarized else {})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -418,11 +455,12 @@ def _split(spec: DatasetSpec, arrays: Arrays, device: str | torch.device) -> Dat
         name=spec.name,
         levels=spec.levels,
         train_intensities=intensities,
+        spec=spec,
     )
 
 
 def load_dataset(
-    name: str = DEFAULT_DATASET,
+    name: str | DatasetSpec = DEFAULT_DATASET,
     data_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     download_missing: bool = True,
@@ -433,6 +471,8 @@ def load_dataset(
     that write small synthetic files in a dataset's own format; nothing else may skip the check."""
     spec = get_dataset_spec(name)
     source = spec.source
+    if isinstance(source, FolderSource):  # a folder of images: no data directory, no download
+        return _split(spec, source.read(), device)
     root = resolve_data_dir(data_dir)
     exists = _check_root(root, source.hint)
     folder = find_folder(root, source)

@@ -27,7 +27,7 @@ import torch
 
 from genbench.bench.engine import distributed, threads
 from genbench.bench.engine.checkpoint import load_checkpoint
-from genbench.bench.engine.data import Dataset, load_dataset, resolve_data_dir
+from genbench.bench.engine.data import Dataset, DatasetSpec, load_dataset, resolve_data_dir
 from genbench.bench.engine.device import prepare_model, resolve_device, resolve_precision
 from genbench.bench.engine.evaluate import evaluate, metrics_document, protocol_block
 from genbench.bench.engine.ladder import rung_evaluation
@@ -66,7 +66,7 @@ def start(
     """Create the run folder and its config.json; the run itself is ``execute``. ``data_dir`` is
     remembered so that --resume finds the same data without being told again. A folder whose
     config could not be written is left ``failed`` (or ``interrupted``), never ``running``."""
-    run_id = results.make_run_id(plan.model, plan.profile, plan.seed, name, plan.dataset)
+    run_id = results.make_run_id(plan.model, plan.profile, plan.seed, name, plan.dataset.name)
     run_dir = results.create_run_dir(out, run_id, overwrite)
     try:
         config = {
@@ -465,12 +465,12 @@ def _check_fits(plans: list[RunPlan], n_train: int) -> None:
         if p.train_config.batch_size > n_train:
             raise UsageError(
                 f"--batch-size {p.train_config.batch_size} exceeds the {n_train} training images of "
-                f"{p.dataset}; lower it"
+                f"{p.dataset.name}; lower it"
             )
 
 
 def _check_fits_local_data(
-    dataset: str, data_dir: Path | None, plans: list[RunPlan], echo: Callable[..., None]
+    dataset: DatasetSpec, data_dir: Path | None, plans: list[RunPlan], echo: Callable[..., None]
 ) -> None:
     """--dry-run: check --batch-size against the dataset when it is on disk (never downloading)."""
     try:

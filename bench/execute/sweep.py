@@ -40,7 +40,7 @@ import submitit
 from submitit.core.job_environment import JobEnvironment
 from submitit.core.utils import JobPaths
 
-from genbench.bench.engine.data import DEFAULT_DATASET, resolve_data_dir
+from genbench.bench.engine.data import DEFAULT_DATASET, get_dataset_spec, resolve_data_dir
 from genbench.bench.engine.device import resolve_device
 from genbench.bench.engine.train import TrainingInterrupted
 from genbench.bench.execute.run import run_all
@@ -107,7 +107,7 @@ class SweepRequest:
         """The `bench run` request that makes ``cell``."""
         return RunRequest(
             models=(cell.model,), profile=cell.profile, seeds=(cell.seed,), out=self.out, name=cell.name,
-            settings=dataclasses.replace(self.settings, dataset=cell.dataset), **changes,
+            settings=dataclasses.replace(self.settings, dataset=get_dataset_spec(cell.dataset)), **changes,
         )  # fmt: skip
 
 
@@ -230,7 +230,9 @@ def check_request(request: SweepRequest) -> None:
         except ValueError as exc:
             raise UsageError(f"--name {request.sweep}: {exc}") from None
     for profile, dataset in itertools.product(request.profiles, request.datasets):
-        settings = dataclasses.replace(request.settings, device="cpu", dataset=dataset)  # plans need no GPU
+        settings = dataclasses.replace(
+            request.settings, device="cpu", dataset=get_dataset_spec(dataset)
+        )  # plans need no GPU
         dry = RunRequest(
             models=request.models, profile=profile, seeds=request.seeds, settings=settings, out=request.out,
             dry_run=True,
@@ -258,7 +260,7 @@ def check_same_settings(request: SweepRequest, cell: Cell, run_dir: Path) -> Non
         ).items()
     ]
     if existing.dataset != planned.dataset:
-        differences.append(f"dataset {existing.dataset!r} -> {planned.dataset!r}")
+        differences.append(f"dataset {existing.dataset.name!r} -> {planned.dataset.name!r}")
     if differences:
         raise UserError(
             f"{run_dir} was made with other settings than this sweep asks ({'; '.join(differences)}); "

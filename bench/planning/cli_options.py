@@ -29,9 +29,31 @@ NETWORK_NAMES = ("mnist", "fashion-mnist", "inception")
 CLASSIFIER_NAMES = ("mnist", "fashion-mnist")
 
 
-def dataset_option(help: str, default: str | None = DEFAULT_DATASET, names: tuple[str, ...] = DATASET_NAMES):
-    """--dataset: one name of the dataset registry."""
-    return click.option("--dataset", type=click.Choice(names), default=default, help=help)
+class DatasetType(click.ParamType):
+    """--dataset parsed once into the typed value every request carries (bench.engine.data.DatasetSpec): a
+    registry name, or folder:PATH (a folder of PNG/JPEG images, read and checked here)."""
+
+    name = "dataset"
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return f"[{'|'.join(DATASET_NAMES)}|folder:PATH]"
+
+    def convert(self, value, param, ctx):
+        from genbench.bench.engine.data import DatasetSpec, get_dataset_spec
+        from genbench.core.errors import UserError
+
+        if isinstance(value, DatasetSpec):
+            return value
+        try:
+            return get_dataset_spec(value)
+        except UserError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def dataset_option(help: str, default: str | None = DEFAULT_DATASET, names: tuple[str, ...] | None = None):
+    """--dataset: a DatasetSpec (any registry name or folder:PATH), or one of ``names`` as a string."""
+    kind = DatasetType() if names is None else click.Choice(names)
+    return click.option("--dataset", type=kind, default=default, help=help)
 
 
 def networks_option(help: str):

@@ -10,7 +10,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from genbench.bench.engine.data import DEFAULT_DATASET, default_feature_networks, get_dataset_spec
+from genbench.bench.engine.data import DEFAULT_DATASET, DEFAULT_SPEC, DatasetSpec, get_dataset_spec
 from genbench.bench.engine.device import PRECISIONS
 from genbench.bench.engine.timing import device_name
 from genbench.bench.engine.train import RunOptions
@@ -64,14 +64,14 @@ class RunPlan:
     model_config: Any
     train_config: TrainConfig
     eval_config: EvalConfig
-    dataset: str = DEFAULT_DATASET  # bench.engine.data registry name; --resume keeps it
+    dataset: DatasetSpec = DEFAULT_SPEC  # recorded by name (and a folder's source); --resume keeps it
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed into this run."""
         return as_data(
             {
                 "model": self.model,
-                "dataset": self.dataset,
+                **self.dataset.record(),
                 "model_config": self.model_config,
                 "train_config": self.train_config,
                 "seed": self.seed,
@@ -87,7 +87,7 @@ def plan(
     eval_overrides: dict[str, Any] | None = None,
     image_shape: tuple[int, int, int] | None = None,
     levels: int | None = None,
-    dataset: str = DEFAULT_DATASET,
+    dataset: DatasetSpec | str = DEFAULT_SPEC,
 ) -> RunPlan:
     """A run's resolved configs: the profile's, with single fields overridden, for the images of
     ``dataset`` (its shape and levels unless ``image_shape``/``levels`` say otherwise). Feature
@@ -103,12 +103,10 @@ def plan(
         train_config = dataclasses.replace(train_config, **(train_overrides or {}))
         eval_config = dataclasses.replace(EVAL_PROFILES[profile], **(eval_overrides or {}))
         if eval_config.feature_networks is None:
-            eval_config = dataclasses.replace(
-                eval_config, feature_networks=default_feature_networks(dataset, profile)
-            )
+            eval_config = dataclasses.replace(eval_config, feature_networks=spec.feature_networks[profile])
     except ValueError as exc:
-        raise UsageError(f"{cls.name} on {dataset}: {exc}") from None
-    return RunPlan(cls.name, profile, seed, model_config, train_config, eval_config, spec.name)
+        raise UsageError(f"{cls.name} on {spec.name}: {exc}") from None
+    return RunPlan(cls.name, profile, seed, model_config, train_config, eval_config, spec)
 
 
 def plan_from_config(config: dict[str, Any]) -> RunPlan:
@@ -120,7 +118,8 @@ def plan_from_config(config: dict[str, Any]) -> RunPlan:
         model_config=from_data(cls.Config, config["model_config"]),
         train_config=from_data(TrainConfig, config["train_config"]),
         eval_config=from_data(EvalConfig, config["eval_config"]),
-        dataset=config.get("dataset", DEFAULT_DATASET),  # written before datasets were chosen
+        # a folder by its source; a registry name; none: written before datasets were chosen
+        dataset=get_dataset_spec(config.get("dataset_source") or config.get("dataset", DEFAULT_DATASET)),
     )
 
 
@@ -132,7 +131,7 @@ def describe(plan: RunPlan, options: RunOptions) -> dict[str, Any]:
             "model_origin": ORIGINS.get(plan.model),
             "profile": plan.profile,
             "seed": plan.seed,
-            "dataset": plan.dataset,
+            **plan.dataset.record(),
             "device": options.device.type,
             "device_name": device_name(options.device),
             "precision": options.precision,
@@ -199,7 +198,7 @@ def check_resume_request(request: RunRequest) -> None:
             ("--models", request.models),
             ("--profile", request.profile),
             ("--seeds", request.seeds),
-            ("--dataset", request.settings.dataset != DEFAULT_DATASET),
+            ("--dataset", request.settings.dataset != DEFAULT_SPEC),
             ("--name", request.name),
             ("--overwrite", request.overwrite),
         )

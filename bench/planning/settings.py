@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from genbench.bench.engine.data import DEFAULT_DATASET
+from genbench.bench.engine.data import DEFAULT_SPEC, DatasetSpec, get_dataset_spec
 from genbench.bench.planning.cli_options import (
     ComputeBudget,
     _NamedFolder,
@@ -64,7 +64,7 @@ class RunSettings:
     )  # fmt: skip
     # A setting of every run, but each command takes it its own way (`run` one dataset, `sweep` a
     # list of them as a grid axis), so it has no shared option.
-    dataset: str = _setting(DEFAULT_DATASET)
+    dataset: DatasetSpec = _setting(DEFAULT_SPEC)  # parsed once, at the option (cli_options.DatasetType)
     epochs: int | None = _setting(
         None, "--epochs", target=TRAIN, type=click.IntRange(min=1), help="Override the profile's epochs."
     )
@@ -106,6 +106,9 @@ class RunSettings:
         type=click.Path(dir_okay=False, exists=True, path_type=Path), envvar="GENBENCH_INCEPTION_WEIGHTS",
         help="torch-fidelity's Inception weights file (gives IS); else the offline port (no IS).",
     )  # fmt: skip
+
+    def __post_init__(self) -> None:  # a name given in code becomes the typed value too
+        object.__setattr__(self, "dataset", get_dataset_spec(self.dataset))
 
     @classmethod
     def from_options(cls, **values: Any) -> RunSettings:
