@@ -131,9 +131,11 @@ OPTIONS = RunOptions(device=torch.device("cpu"), progress=False)
 def test_vae_runs_on_an_rgb_folder_end_to_end_and_resumes_from_its_config(tmp_path):
     folder = make_folder(tmp_path / "colour shapes", "RGB")
     out = tmp_path / "results"
+    # 150 one-batch epochs: the VAE below a uniform coder's 8 bits/dim, else the run fails
     result = invoke(
         "run", "--models", "vae", "--profile", "smoke", "--dataset", f"folder:{folder}", "--out", out,
-        "--name", "f", "--max-steps", "2", "--n-samples", "12", "--threads", "1", "--no-progress",
+        "--name", "f", "--epochs", "150", "--max-steps", "150", "--n-samples", "12", "--threads", "1",
+        "--no-progress",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     run_dir = out / "vae-folder-colour-shapes-smoke-s0-f"  # the run id names the dataset
@@ -159,13 +161,14 @@ def test_settings_carry_the_typed_dataset_and_a_folder_survives_the_trip_to_the_
 
 @pytest.mark.slow
 def test_every_family_trains_on_a_grey_folder_and_the_report_groups_it_apart_from_mnist(tmp_path):
-    folder = make_folder(tmp_path / "shapes", n=40)  # 80 images: two VAE steps leave it uncollapsed
+    folder = make_folder(tmp_path / "shapes", n=40)  # 80 images: the VAE's samples do not collapse
     out = tmp_path / "results"
     families = sorted(models.MODELS)
+    # 20 steps: every family below a uniform coder's 8 bits/dim, else its run fails
     result = invoke(
         "run", "--models", ",".join(families), "--profile", "smoke", "--dataset", f"folder:{folder}",
-        "--out", out, "--name", "g", "--max-steps", "2", "--n-samples", "12", "--threads", "1",
-        "--no-progress",
+        "--out", out, "--name", "g", "--epochs", "20", "--max-steps", "20", "--n-samples", "12",
+        "--threads", "1", "--no-progress",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     for name in families:

@@ -7,6 +7,7 @@ import torch
 from cli_utils import invoke, one_line_error
 
 from genbench.bench.commands.cli import cli
+from genbench.bench.engine.data import get_dataset_spec
 from genbench.bench.engine.train import RunOptions
 from genbench.bench.execute import run as runs
 from genbench.bench.planning import plan as plans
@@ -58,6 +59,8 @@ def test_a_request_survives_the_trip_to_the_nproc_workers(tmp_path):
 def test_the_run_id_names_the_dataset_unless_it_is_mnist(tmp_path):
     assert make_run_id("vae", "quick", 0, "q") == "vae-quick-s0-q"
     assert make_run_id("vae", "quick", 0, "q", "fashion-mnist") == "vae-fashion-mnist-quick-s0-q"
+    assert get_dataset_spec("mnist").id_part() is None  # the default dataset is not named
+    assert get_dataset_spec("fashion-mnist").id_part() == "fashion-mnist"
     options = RunOptions(torch.device("cpu"))
     first = runs.start(plans.plan("vae", "smoke", 0), options, tmp_path, "q")
     second = runs.start(plans.plan("vae", "smoke", 0, dataset="binarized-mnist"), options, tmp_path, "q")

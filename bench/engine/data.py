@@ -151,6 +151,10 @@ class DatasetSpec:
         """How JSON data holds it (a request handed to the --nproc workers): what --dataset took."""
         return f"{PREFIX}{self.source.path}" if isinstance(self.source, FolderSource) else self.name
 
+    def id_part(self) -> str | None:
+        """What a run id says of the dataset: its name, or nothing for the default dataset."""
+        return None if self.name == DEFAULT_DATASET else self.name
+
     def record(self) -> dict[str, str]:
         """What config.json and the protocol record of the dataset: its name, and for a folder where
         it is and its contents' checksum (``parse_dataset`` reads the folder back from these)."""

@@ -66,7 +66,7 @@ def start(
     """Create the run folder and its config.json; the run itself is ``execute``. ``data_dir`` is
     remembered so that --resume finds the same data without being told again. A folder whose
     config could not be written is left ``failed`` (or ``interrupted``), never ``running``."""
-    run_id = results.make_run_id(plan.model, plan.profile, plan.seed, name, plan.dataset.name)
+    run_id = results.make_run_id(plan.model, plan.profile, plan.seed, name, plan.dataset.id_part())
     run_dir = results.create_run_dir(out, run_id, overwrite)
     try:
         config = {

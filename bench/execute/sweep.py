@@ -79,7 +79,9 @@ class Cell:
 
     @property
     def run_id(self) -> str:
-        return results.make_run_id(self.model, self.profile, self.seed, self.name, self.dataset)
+        return results.make_run_id(
+            self.model, self.profile, self.seed, self.name, get_dataset_spec(self.dataset).id_part()
+        )
 
 
 @dataclasses.dataclass(frozen=True)

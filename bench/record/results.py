@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from genbench.bench.engine.data import DEFAULT_DATASET
 from genbench.core.errors import UserError
 from genbench.core.files import overwrite_in_place, read_json, write_json
 
@@ -57,12 +56,13 @@ def check_run_name(name: str) -> str:
 
 
 def make_run_id(
-    model: str, profile: str, seed: int, name: str | None = None, dataset: str = DEFAULT_DATASET
+    model: str, profile: str, seed: int, name: str | None = None, dataset: str | None = None
 ) -> str:
-    """``<model>[-<dataset>]-<profile>-s<seed>-<name or time>``: the dataset named unless it is the
-    default, so one name on two datasets makes two runs."""
+    """``<model>[-<dataset>]-<profile>-s<seed>-<name or time>``: ``dataset`` is what the run id says of
+    the dataset (``DatasetSpec.id_part``: nothing for the default one), so one name on two datasets
+    makes two runs."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    what = model if dataset == DEFAULT_DATASET else f"{model}-{dataset}"
+    what = model if dataset is None else f"{model}-{dataset}"
     return f"{what}-{profile}-s{seed}-{stamp if name is None else check_run_name(name)}"
 
 
