@@ -55,9 +55,10 @@ def _rng_devices(device: torch.device) -> list[int]:
 
 
 class InRunEvaluation:
-    """The Trainer's validations and compute-ladder rungs. The Trainer sets what they read: model,
-    data, cfg, seed, options, ema, board, state, log, total_steps, steps_per_epoch, val_every,
-    rung_steps, rung_evaluation and compute, and provides _wall_time and _write_checkpoint."""
+    """When the Trainer validates, and its compute-ladder rungs. The Trainer sets what they read:
+    model, data, cfg, seed, options, ema, state, compute, total_steps, steps_per_epoch, val_every,
+    rung_steps and rung_evaluation, and provides _write_checkpoint (its _validate writes the
+    validation row, calling ``validate`` through bench.train's name for it)."""
 
     model: GenerativeModel
     data: Dataset
@@ -65,9 +66,7 @@ class InRunEvaluation:
     seed: int
     options: Any
     ema: Any
-    board: Any
     state: Any
-    log: Any
     compute: dict[str, Any]
     total_steps: int | float
     steps_per_epoch: int
@@ -94,29 +93,6 @@ class InRunEvaluation:
             and step % self.steps_per_epoch != 0
             and step < self.total_steps
         )
-
-    def _validate(self, epoch_end: bool = True) -> None:
-        images = self.data.val[: self.cfg.val_images]
-        self._share_buffers()
-        if self.ema is not None:
-            with self.ema.applied(self.model):
-                values = validate(self.model, images, self.cfg.batch_size, self.options, self.seed)
-        else:
-            values = validate(self.model, images, self.cfg.batch_size, self.options, self.seed)
-        self.state.history.append(
-            {
-                "step": self.state.step,
-                "epoch": self.state.epoch,
-                "split": "val",
-                "wall_time_s": self._wall_time(),
-            }
-            | values
-        )
-        if self.board is not None:
-            self.board.validation(self.state.history[-1], self.model, self.seed)
-        if epoch_end:
-            self.state.validated_epoch = self.state.epoch
-        self.log.window.lap()  # validation is not training time
 
     def _share_buffers(self) -> None:
         """Buffers that batches update (BatchNorm statistics) and their averages drift apart across
