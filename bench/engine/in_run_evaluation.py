@@ -58,7 +58,7 @@ class InRunEvaluation:
     """When the Trainer validates, and its compute-ladder rungs. The Trainer sets what they read:
     model, data, cfg, seed, options, ema, state, compute, total_steps, steps_per_epoch, val_every,
     rung_steps and rung_evaluation, and provides _write_checkpoint (its _validate writes the
-    validation row, calling ``validate`` through bench.train's name for it)."""
+    validation row, calling ``validate`` through bench.engine.train's name for it)."""
 
     model: GenerativeModel
     data: Dataset
