@@ -19,6 +19,7 @@ from genbench.bench.results import CHECKPOINT
 from genbench.bench.sample_files import output_format, write_samples
 from genbench.core import files
 from genbench.core.errors import UsageError, UserError
+from genbench.core.log import progress_shown
 from genbench.metrics.base import sample_batch
 from genbench.models.base import GenerativeModel, get_model_class
 from genbench.models.plugins import recorded_family
@@ -92,7 +93,7 @@ def draw(
     """n samples, uint8 (n, C, H, W) on the CPU, batch i from a generator seeded by (seed, i) (as
     the evaluation draws them: ``metrics.base.sample_batch``)."""
     chunks = []
-    with tqdm(total=n, unit="img", disable=not progress, leave=False) as bar:
+    with tqdm(total=n, unit="img", disable=not (progress and progress_shown()), leave=False) as bar:
         for index, start in enumerate(range(0, n, batch_size)):
             size = min(batch_size, n - start)
             chunks.append(sample_batch(model, index, size, seed, mode, model.device))  # (size, C, H, W)

@@ -264,7 +264,9 @@ def reevaluate(request: EvalRequest, echo: Callable[..., None], data=None) -> tu
     try:
         cache = request.cache_dir or run_dir.parent / ".cache"
         entries = evaluate(loaded.model, data, evaluation, device, plan.seed, summary, out_dir, cache)
-        protocol = protocol_block(data, evaluation, plan.profile, device, config.get("precision"))
+        protocol = protocol_block(
+            data, evaluation, plan.profile, device, config.get("precision"), overrides=plan.overrides
+        )
         steps = f", {SAMPLER_STEPS_FIELD} {request.sampler_steps}" if request.sampler_steps else ""
         protocol["evaluation"] = EVALUATION + steps
         report = metrics_document(out_dir.name, loaded.model, plan.seed, protocol, entries)

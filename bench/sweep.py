@@ -1,9 +1,11 @@
-"""`bench sweep`: a grid of runs (model x seed x profile x dataset) as one job each, submitted through
-submitit to Slurm (one job array, its parallelism capped) or to this machine (submitit's local
-executor, a few jobs at a time), all writing into one results folder that `bench report` reads.
+"""`bench sweep`: a grid of runs (model x seed x profile x dataset x --grid points) as one job each,
+submitted through submitit to Slurm (one job array, its parallelism capped) or to this machine
+(submitit's local executor, a few jobs at a time), all writing into one results folder that
+`bench report` reads.
 
-Each run of a sweep has a fixed id, ``<model>[-<dataset>]-<profile>-s<seed>-<sweep>-<dataset>`` (the
-first dataset where it is not mnist, as in every run id), so a sweep
+Each run of a sweep has a fixed id, ``<model>[-<dataset>]-<profile>-s<seed>[-<set tag>]-<sweep>-<dataset>``
+(the first dataset where it is not mnist and the tag of its --set and --grid fields where it has
+some, as in every run id), so a sweep
 submitted again finds its runs: a done run is skipped (not submitted), an interrupted or failed one
 is resumed from its checkpoint (``bench run --resume``), a missing one is started, and one that a
 live process holds is left alone. A job decides again when it starts, so a run finished while the
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import logging
 import os
 import re
 import signal
@@ -40,6 +43,7 @@ import submitit
 from submitit.core.job_environment import JobEnvironment
 from submitit.core.utils import JobPaths
 
+from genbench.bench import overrides as typed
 from genbench.bench import results
 from genbench.bench.data import DEFAULT_DATASET, resolve_data_dir
 from genbench.bench.device import resolve_device
@@ -47,9 +51,11 @@ from genbench.bench.plan import RunRequest, as_data, plan, read_run
 from genbench.bench.run import run_all
 from genbench.bench.settings import EVAL, TRAIN, RunSettings
 from genbench.bench.train import TrainingInterrupted
-from genbench.core import files
+from genbench.core import files, log
 from genbench.core.errors import UsageError, UserError
+from genbench.models.base import get_model_class
 
+logger = logging.getLogger(__name__)
 SWEEP_DIR = ".sweep"
 LAUNCHERS = ("auto", "local", "slurm")
 POLL_S = 1.0  # how often the local launcher looks at its jobs
@@ -71,6 +77,7 @@ class Cell:
     seed: int
     dataset: str
     sweep: str
+    sets: tuple[str, ...] = ()  # the sweep's --set and this point's --grid values
 
     @property
     def name(self) -> str:
@@ -79,7 +86,11 @@ class Cell:
 
     @property
     def run_id(self) -> str:
-        return results.make_run_id(self.model, self.profile, self.seed, self.name, self.dataset)
+        family = get_model_class(self.model)
+        overrides = typed.resolve(family.name, family.Config, self.sets)
+        return results.make_run_id(
+            self.model, self.profile, self.seed, self.name, self.dataset, typed.tag(overrides)
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +103,8 @@ class SweepRequest:
     profiles: tuple[str, ...] = ("quick",)
     datasets: tuple[str, ...] = (DEFAULT_DATASET,)
     settings: RunSettings = RunSettings()
+    # --grid axes, each its points as --set values: (("model.latent_dim=8", "model.latent_dim=16"), ...)
+    grid: tuple[tuple[str, ...], ...] = ()
     out: Path = Path("results")
     sweep: str = "sweep"
     launcher: str = "auto"
@@ -107,7 +120,7 @@ class SweepRequest:
         """The `bench run` request that makes ``cell``."""
         return RunRequest(
             models=(cell.model,), profile=cell.profile, seeds=(cell.seed,), out=self.out, name=cell.name,
-            settings=dataclasses.replace(self.settings, dataset=cell.dataset), **changes,
+            settings=dataclasses.replace(self.settings, dataset=cell.dataset, sets=cell.sets), **changes,
         )  # fmt: skip
 
 
@@ -118,9 +131,10 @@ class RunJob(submitit.helpers.Checkpointable):
 
     cell: Cell
     request: SweepRequest
+    log_level: int = logging.INFO  # the submitting command's (-q, -v): the job's log shows the same lines
 
     def __call__(self) -> dict[str, str]:
-        with _timeout_stops_run() as timed_out:
+        with _timeout_stops_run() as timed_out, _showing_log(self.log_level):
             try:
                 return self.run()
             except TrainingInterrupted:
@@ -143,6 +157,15 @@ class RunJob(submitit.helpers.Checkpointable):
             request = self.request.run_request(self.cell, cache_dir=out / ".cache")
         run_all(request, echo=click.echo)
         return {"run_id": self.cell.run_id, "action": action}
+
+
+@contextlib.contextmanager
+def _showing_log(level: int) -> Iterator[None]:
+    undo = log.show(level)
+    try:
+        yield
+    finally:
+        undo()
 
 
 class _Timeout:
@@ -195,11 +218,17 @@ def decide(run_dir: Path) -> str:
 
 def grid(request: SweepRequest) -> list[Cell]:
     return [
-        Cell(model, profile, seed, dataset, request.sweep)
-        for profile, dataset, model, seed in itertools.product(
-            request.profiles, request.datasets, request.models, request.seeds
+        Cell(model, profile, seed, dataset, request.sweep, sets)
+        for profile, dataset, sets, model, seed in itertools.product(
+            request.profiles, request.datasets, points(request), request.models, request.seeds
         )
     ]
+
+
+def points(request: SweepRequest) -> list[tuple[str, ...]]:
+    """The --set values of each point of the --grid axes' product (one point, the sweep's --set,
+    without axes)."""
+    return [request.settings.sets + point for point in itertools.product(*request.grid)]
 
 
 def sweep_dir(out: Path, sweep: str) -> Path:
@@ -223,14 +252,15 @@ def resolve_launcher(launcher: str) -> str:
 
 def check_request(request: SweepRequest) -> None:
     """Everything `bench run` would refuse, refused before anything is submitted: one dry run per
-    (profile, dataset), and every run name."""
+    (profile, dataset, grid point), and every run name."""
     for cell in grid(request):
         try:
             results.check_run_name(cell.name)
         except ValueError as exc:
             raise UsageError(f"--name {request.sweep}: {exc}") from None
-    for profile, dataset in itertools.product(request.profiles, request.datasets):
-        settings = dataclasses.replace(request.settings, device="cpu", dataset=dataset)  # plans need no GPU
+    for profile, dataset, sets in itertools.product(request.profiles, request.datasets, points(request)):
+        # plans need no GPU
+        settings = dataclasses.replace(request.settings, device="cpu", dataset=dataset, sets=sets)
         dry = RunRequest(
             models=request.models, profile=profile, seeds=request.seeds, settings=settings, out=request.out,
             dry_run=True,
@@ -248,7 +278,7 @@ def check_same_settings(request: SweepRequest, cell: Cell, run_dir: Path) -> Non
     settings = request.settings
     planned = plan(
         cell.model, cell.profile, cell.seed, settings.overrides(TRAIN), settings.overrides(EVAL),
-        dataset=cell.dataset,
+        dataset=cell.dataset, sets=cell.sets,
     )  # fmt: skip
     differences = [
         f"{part}.{key} {old!r} -> {new!r}"
@@ -315,17 +345,19 @@ def submit(request: SweepRequest, echo: Callable[..., None]) -> pd.DataFrame:
         if actions[cell.run_id] != "start":
             check_same_settings(request, cell, out / cell.run_id)
     table = pd.DataFrame({"run": list(actions), "action": list(actions.values()), "job": "-"})
+    if request.grid:  # which point of the grid each run is
+        table.insert(1, "set", [" ".join(c.sets) for c in cells])
     todo = [c for c in cells if actions[c.run_id] in ("start", "resume")]
     if request.dry_run or not todo:
         echo(table.to_string(index=False))
         if not todo:
-            echo(f"sweep {request.sweep}: nothing to submit (every run is done or in use)", err=True)
+            logger.info(f"sweep {request.sweep}: nothing to submit (every run is done or in use)")
         return table
     record = SweepRecord.load(sweep_dir(out, request.sweep), request.sweep, out)
     record.add_grid(cells, actions)
     record.save()
     executor = make_executor(request, launcher, record.folder)
-    jobs = [RunJob(c, request) for c in todo]
+    jobs = [RunJob(c, request, logger.getEffectiveLevel()) for c in todo]
     if launcher == "slurm":
         with executor.batch():  # one job array
             handles = [executor.submit(job) for job in jobs]
@@ -335,10 +367,10 @@ def submit(request: SweepRequest, echo: Callable[..., None]) -> pd.DataFrame:
         table["job"] = [record.last_job(c.run_id) or "-" for c in cells]
         echo(table.to_string(index=False))
         follow = f"bench sweep --status --out {out} --name {request.sweep}"
-        echo(f"submitted {len(jobs)} jobs to Slurm; follow them with: {follow}", err=True)
+        logger.info(f"submitted {len(jobs)} jobs to Slurm; follow them with: {follow}")
         return table
     echo(table.to_string(index=False))
-    run_locally(executor, jobs, record, request.max_parallel or 1, actions, echo)
+    run_locally(executor, jobs, record, request.max_parallel or 1, actions)
     table["job"] = [record.last_job(c.run_id) or "-" for c in cells]
     return table
 
@@ -349,7 +381,6 @@ def run_locally(
     record: SweepRecord,
     max_parallel: int,
     actions: dict[str, str],
-    echo: Callable[..., None],
 ) -> None:
     """Keep at most ``max_parallel`` local jobs running until every job has ended. Interrupted
     (Ctrl-C, SIGTERM), it asks its running jobs to stop (each run checkpoints and is left
@@ -361,7 +392,7 @@ def run_locally(
             for job, handle in [r for r in running if r[1].done()]:
                 running.remove((job, handle))
                 status = results.read_status(record.out / job.cell.run_id) or "missing"
-                echo(f"{job.cell.run_id}: {status} (job {handle.job_id})", err=True)
+                logger.info(f"{job.cell.run_id}: {status} (job {handle.job_id})")
                 if status != "done":
                     failed.append(f"{job.cell.run_id} ({status}; log: {handle.paths.stderr})")
             while pending and len(running) < max_parallel:
@@ -425,6 +456,7 @@ class SweepRecord:
                 "profile": cell.profile,
                 "seed": cell.seed,
                 "dataset": cell.dataset,
+                "set": list(cell.sets),
             }
             entry["last_action"] = actions[cell.run_id]
 

@@ -19,6 +19,7 @@ import contextlib
 import csv
 import dataclasses
 import io
+import logging
 import math
 import signal
 import sys
@@ -45,10 +46,13 @@ from genbench.bench.distributed import (
 from genbench.bench.optim import EMA, Optimizers
 from genbench.bench.tensorboard import Board
 from genbench.bench.timing import PeakMemory, Stopwatch, device_name, synchronize
+from genbench.core import log
 from genbench.core.distributed import all_reduce_, derive_seed, map_batches, rank, world_size
 from genbench.core.errors import UserError
 from genbench.core.files import write_text
 from genbench.models.base import GenerativeModel, TrainConfig, bits_per_dim
+
+logger = logging.getLogger(__name__)
 
 
 class Diverged(UserError):
@@ -253,12 +257,13 @@ class Trainer:
         self.window_start_step = self.last_good = self.state.step
         self.model.train()
         # Carriage-return frames of a bar are noise in a log file: there, plain lines (see _flush).
-        self.plain_progress = self.options.progress and not sys.stderr.isatty()
+        shown = self.options.progress and log.progress_shown()  # -q, or an API call: none
+        self.plain_progress = shown and not sys.stderr.isatty()
         self.last_line = -math.inf
         self.bar = tqdm(
             total=self.total_steps if math.isfinite(self.total_steps) else None,  # a time budget's: open
             initial=self.state.step,
-            disable=not self.options.progress or self.plain_progress or not self.rank0,
+            disable=not shown or self.plain_progress or not self.rank0,
             unit="step",
             desc=f"{self.model.name} s{self.seed}",
             dynamic_ncols=True,
@@ -402,11 +407,9 @@ class Trainer:
         if self.plain_progress and self.rank0 and time.monotonic() - self.last_line >= PLAIN_PROGRESS_EVERY_S:
             self.last_line = time.monotonic()
             speed = f", {row['images_per_s']:.0f} images/s" if row["images_per_s"] else ""
-            print(
+            logger.info(
                 f"{self.model.name} s{self.seed}: step {state.step}{self._of_total()}, "
-                f"loss {row['loss']:.4g}{speed}, {row['wall_time_s']:.0f} s",
-                file=sys.stderr,
-                flush=True,
+                f"loss {row['loss']:.4g}{speed}, {row['wall_time_s']:.0f} s"
             )
         self.pending = []
         self.window_start_step = state.step
