@@ -341,10 +341,8 @@ def _run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, A
     results.check_writable_folder(request.cache, "--cache-dir")  # OUT/.cache unless given
     _check_plans(targets.plans)
     for p in targets.plans:
-        what = f"{p.model} seed {p.seed} ({p.profile}, {p.dataset})"
-        logger.debug(f"planned {what}, --set {p.overrides or 'none'}")
-    for p in targets.plans:
         distributed.check_batch_size(p.train_config.batch_size, processes)
+        logger.debug(f"planned {p.model} seed {p.seed} ({p.profile}, {p.dataset}), --set {p.overrides}")
     if request.dry_run:
         if request.settings.batch_size is not None:  # the profiles' own batch sizes fit every dataset
             _check_fits_local_data(targets.plans[0].dataset, targets.data_dir, targets.plans)
