@@ -2,6 +2,7 @@
 a program calling the API is not printed at; the command's own output stays on stdout."""
 
 import logging
+import sys
 
 from cli_utils import invoke
 from conftest import LIGHT
@@ -33,10 +34,13 @@ def test_info_lines_go_to_stderr_and_q_silences_them_but_not_the_result(tmp_path
     assert verbose.exit_code == 0 and verbose.stdout.startswith("[")
     assert "planned vae seed 0 (smoke, mnist), --set {'train.lr': 0.01}" in verbose.stderr
     assert "planned" not in invoke("run", "--models", "vae", "--profile", "smoke", "--dry-run").stderr
-    assert logging.getLogger("genbench").level == logging.NOTSET  # each command restores it
+    genbench = logging.getLogger("genbench")  # each command restores it as it was
+    assert genbench.level == logging.NOTSET and genbench.propagate
+    assert all(isinstance(h, logging.NullHandler) for h in genbench.handlers)
 
 
-def test_a_program_calling_the_api_is_not_printed_at(tmp_path, fake_loading, capsys):
+def test_a_program_calling_the_api_is_not_printed_at(tmp_path, fake_loading, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # as on a terminal: bars, not lines
     settings = RunSettings(device="cpu", threads=1, sets=LIGHT)
     request = plans.RunRequest(models=("vae",), profile="smoke", settings=settings, out=tmp_path)
     assert request.progress  # progress asked for, but the program has not configured logging
