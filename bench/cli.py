@@ -319,10 +319,11 @@ def sweep(
     skips its done runs, resumes its interrupted ones and starts the rest; `bench report --results
     OUT` gathers them."""
     from genbench.bench import sweep as sweeps
+    from genbench.bench import sweep_record
     from genbench.bench.settings import RunSettings
 
     if show_status:
-        click.echo(sweeps.status(out, name).to_string(index=False))
+        click.echo(sweep_record.status(out, name).to_string(index=False))
         return
     if not models:
         raise click.UsageError("--models is required (or --status)")

@@ -23,7 +23,7 @@ from reliability_utils import preload, subprocess_env
 from submitit.core.utils import pickle_load
 
 from genbench.bench import plan as plans
-from genbench.bench import results, sweep
+from genbench.bench import results, sweep, sweep_record
 from genbench.bench import run as runs
 from genbench.bench import train as trainer_module
 from genbench.bench.settings import RunSettings
@@ -85,7 +85,7 @@ def test_dry_run_plans_without_submitting(tmp_path):
         "gan-smoke-s0-sweep-mnist": "resume",
         "gan-smoke-s1-sweep-mnist": "start",
     }
-    assert not (out / sweep.SWEEP_DIR).exists() and sorted(p.name for p in out.iterdir()) == sorted(
+    assert not (out / sweep_record.SWEEP_DIR).exists() and sorted(p.name for p in out.iterdir()) == sorted(
         [done.name, "gan-smoke-s0-sweep-mnist"]
     )
 
@@ -148,7 +148,7 @@ def test_slurm_gets_one_array_with_the_options(tmp_path, monkeypatch, caplog):
                  "--mem=16GB", "--job-name=genbench-sweep"):  # fmt: skip
         assert f"#SBATCH {line}\n" in script, script
     assert list(table["job"]) == ["4242_0", "-", "4242_1", "4242_2"]  # the done run is not submitted
-    jobs_dir = out / sweep.SWEEP_DIR / "sweep" / "jobs"
+    jobs_dir = out / sweep_record.SWEEP_DIR / "sweep" / "jobs"
     pickled = {
         job: pickle_load(jobs_dir / f"{job}_submitted.pkl").function for job in ("4242_0", "4242_1", "4242_2")
     }
@@ -161,7 +161,7 @@ def test_slurm_gets_one_array_with_the_options(tmp_path, monkeypatch, caplog):
     assert job.request.out.is_absolute() and job.request.settings.data_dir.is_absolute()
     assert job.request.settings.overrides("eval_config") == {"n_samples": 130}
     assert any("bench sweep --status" in m for m in caplog.messages)
-    shown = sweep.status(out)
+    shown = sweep_record.status(out)
     assert list(shown["job"]) == ["4242_0", "-", "4242_1", "4242_2"]
     assert list(shown["status"]) == ["missing", "done", "missing", "missing"]
 
