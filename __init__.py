@@ -22,9 +22,13 @@ The public Python API, imported lazily so that ``import genbench`` stays light (
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
+
+# A library's logging is the program's to show (genbench.core.log): `bench` shows it, an API call does not.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # public name -> the module that defines it
 _API = {

@@ -86,6 +86,7 @@ PROTOCOL_LABELS: dict[str, str] = {
     "time_budget_s": "time budget (s)",
     "compute_budget": "compute budget (FLOPs)",
     "processes": "processes",
+    "overrides": "overrides (--set)",
     "test_images": "test images",
     "test_subset": "test subset",
     "iwae_k": "IWAE k",

@@ -8,6 +8,7 @@ metrics a model supports and records "n/a" with the reason for the others.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -19,9 +20,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from genbench.core.distributed import derive_seed, map_batches, rank, world_size
+from genbench.core.log import progress_shown
 from genbench.core.schema import Output, Value
 from genbench.models.plugins import check_samples
 
+logger = logging.getLogger(__name__)
 NEEDS = ("samples", "likelihood", "importance_weighted", "reconstruct", "decoder")
 
 
@@ -198,9 +201,9 @@ class EvalContext:
     def bar(self, what: str, total: int) -> tqdm:
         """A progress bar over ``total`` images on a terminal (rank 0); in a log, one line saying
         what starts; nothing without ``progress``."""
-        show, terminal = self.progress and rank() == 0, sys.stderr.isatty()
+        show, terminal = self.progress and rank() == 0 and progress_shown(), sys.stderr.isatty()
         if show and not terminal:
-            print(f"evaluation: {what}, {total} images", file=sys.stderr, flush=True)
+            logger.info(f"evaluation: {what}, {total} images")
         return tqdm(total=total, desc=what, unit="img", leave=False, disable=not (show and terminal))
 
     def per_image(

@@ -44,6 +44,12 @@ class VAEConfig:
     def __post_init__(self) -> None:
         if self.image_shape[1] % 4 or self.image_shape[2] % 4:
             raise ValueError(f"image height and width must be divisible by 4, got {self.image_shape}")
+        sizes = {"latent_dim": (self.latent_dim,), "hidden": (self.hidden,), "channels": self.channels}
+        for name, values in sizes.items():
+            if min(values) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.kl_warmup_steps < 0:
+            raise ValueError(f"kl_warmup_steps must be non-negative, got {self.kl_warmup_steps}")
 
 
 def _gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:

@@ -69,3 +69,18 @@ def fake_mnist(
 @pytest.fixture
 def fake_data() -> Dataset:
     return fake_mnist()
+
+
+# A light evaluation for runs that test plumbing, not numbers: no sample-quality networks, a tiny AIS
+# (bench run --set values; tests/test_overrides.py, tests/test_logging.py).
+LIGHT = ("eval.feature_networks=()", "eval.n_test=64", "eval.iwae_images=16", "eval.iwae_k=2",
+         "eval.ais_images=2", "eval.ais_steps=2", "eval.bdmc_images=0")  # fmt: skip
+
+
+@pytest.fixture
+def fake_loading(monkeypatch):
+    """`bench run` (run_all) reads a fake data set instead of MNIST."""
+    from genbench.bench.execute import run
+
+    data = fake_mnist(n_train=512, n_test=512)
+    monkeypatch.setattr(run, "load_dataset", lambda *args, **kwargs: data)

@@ -11,7 +11,7 @@ from genbench.bench.engine.data import get_dataset_spec
 from genbench.bench.engine.train import RunOptions
 from genbench.bench.execute import run as runs
 from genbench.bench.planning import plan as plans
-from genbench.bench.planning.settings import EVAL, FIELDS, TRAIN, RunSettings, option_name
+from genbench.bench.planning.settings import EVAL, FIELDS, SET, TRAIN, RunSettings, option_name
 from genbench.bench.record.results import make_run_id
 from genbench.metrics.base import EvalConfig
 from genbench.models.base import TrainConfig
@@ -32,7 +32,9 @@ def test_run_and_sweep_take_every_setting_from_its_one_declaration():
 
 def test_each_override_names_a_field_of_the_config_it_sets():
     configs = {TRAIN: TrainConfig, EVAL: EvalConfig}
-    targets = {name: f.metadata["target"] for name, f in FIELDS.items() if f.metadata["target"]}
+    targets = {
+        name: f.metadata["target"] for name, f in FIELDS.items() if f.metadata["target"] not in (None, SET)
+    }
     assert set(targets.values()) == {TRAIN, EVAL}
     for name, target in targets.items():
         assert name in {f.name for f in dataclasses.fields(configs[target])}, name
@@ -41,17 +43,18 @@ def test_each_override_names_a_field_of_the_config_it_sets():
 def test_overrides_split_by_config_and_resume_keeps_only_where_runs_are_made(tmp_path):
     weights = tmp_path / "w.pt"
     settings = RunSettings(device="cpu", threads=2, dataset="cifar10", max_steps=3, n_samples=9,
-                           inception_weights=weights)  # fmt: skip
+                           inception_weights=weights, sets=("model.latent_dim=8",))  # fmt: skip
     assert settings.overrides(TRAIN) == {"max_steps": 3}
     assert settings.overrides(EVAL) == {"n_samples": 9, "inception_weights": str(weights.resolve())}
-    assert settings.given_overrides() == ["--max-steps", "--n-samples", "--inception-weights"]
+    assert settings.given_overrides() == ["--max-steps", "--n-samples", "--set", "--inception-weights"]
     assert settings.without_overrides() == RunSettings(device="cpu", threads=2)
 
 
 def test_a_request_survives_the_trip_to_the_nproc_workers(tmp_path):
     request = plans.RunRequest(
         models=("vae",), seeds=(0, 1), out=tmp_path, nproc=2,
-        settings=RunSettings(device="cpu", data_dir=tmp_path / "d", dataset="fashion-mnist", lr=0.1),
+        settings=RunSettings(device="cpu", data_dir=tmp_path / "d", dataset="fashion-mnist", lr=0.1,
+                             sets=("model.latent_dim=8", "train.betas=0.5,0.9")),
     )  # fmt: skip
     assert runs.request_from_data(runs.request_data(request)) == request
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ from submitit.core.utils import pickle_load
 from genbench.bench.engine import train as trainer_module
 from genbench.bench.engine.train import RunOptions, TrainingInterrupted
 from genbench.bench.execute import run as runs
-from genbench.bench.execute import sweep
+from genbench.bench.execute import sweep, sweep_record
 from genbench.bench.planning import plan as plans
 from genbench.bench.planning.settings import RunSettings
 from genbench.bench.record import results
@@ -85,7 +86,7 @@ def test_dry_run_plans_without_submitting(tmp_path):
         "gan-smoke-s0-sweep-mnist": "resume",
         "gan-smoke-s1-sweep-mnist": "start",
     }
-    assert not (out / sweep.SWEEP_DIR).exists() and sorted(p.name for p in out.iterdir()) == sorted(
+    assert not (out / sweep_record.SWEEP_DIR).exists() and sorted(p.name for p in out.iterdir()) == sorted(
         [done.name, "gan-smoke-s0-sweep-mnist"]
     )
 
@@ -132,23 +133,23 @@ def fake_sbatch(folder: Path, job_id: int) -> Path:
     return folder
 
 
-def test_slurm_gets_one_array_with_the_options(tmp_path, monkeypatch):
+def test_slurm_gets_one_array_with_the_options(tmp_path, monkeypatch, caplog):
     bin_dir = fake_sbatch(tmp_path / "bin", 4242)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     out = tmp_path / "results"
     started_run(out, sweep.Cell("vae", "smoke", 1, "mnist", "sweep"), "done")
-    messages = []
-    table = sweep.submit(
-        request(out, launcher="auto", max_parallel=2, partition="gpu", time_min=30, gpus_per_job=1,
-                cpus_per_job=4, mem_gb=16),
-        echo=lambda message, err=False: messages.append(message),
-    )  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="genbench"):  # its info lines are logging's
+        table = sweep.submit(
+            request(out, launcher="auto", max_parallel=2, partition="gpu", time_min=30, gpus_per_job=1,
+                    cpus_per_job=4, mem_gb=16),
+            echo=lambda *a, **k: None,
+        )  # fmt: skip
     script = (bin_dir / "submitted.sh").read_text()
     for line in ("--array=0-2%2", "--partition=gpu", "--time=30", "--gpus-per-node=1", "--cpus-per-task=4",
                  "--mem=16GB", "--job-name=genbench-sweep"):  # fmt: skip
         assert f"#SBATCH {line}\n" in script, script
     assert list(table["job"]) == ["4242_0", "-", "4242_1", "4242_2"]  # the done run is not submitted
-    jobs_dir = out / sweep.SWEEP_DIR / "sweep" / "jobs"
+    jobs_dir = out / sweep_record.SWEEP_DIR / "sweep" / "jobs"
     pickled = {
         job: pickle_load(jobs_dir / f"{job}_submitted.pkl").function for job in ("4242_0", "4242_1", "4242_2")
     }
@@ -160,8 +161,8 @@ def test_slurm_gets_one_array_with_the_options(tmp_path, monkeypatch):
     job = pickled["4242_0"]
     assert job.request.out.is_absolute() and job.request.settings.data_dir.is_absolute()
     assert job.request.settings.overrides("eval_config") == {"n_samples": 130}
-    assert any("bench sweep --status" in m for m in messages)
-    shown = sweep.status(out)
+    assert any("bench sweep --status" in m for m in caplog.messages)
+    shown = sweep_record.status(out)
     assert list(shown["job"]) == ["4242_0", "-", "4242_1", "4242_2"]
     assert list(shown["status"]) == ["missing", "done", "missing", "missing"]
 

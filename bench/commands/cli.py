@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -17,6 +18,7 @@ try:  # importing torch takes seconds: a Ctrl-C then has nothing to clean up and
         DATASET_NAMES,
         Renamed,
         _load_plugins,
+        _parse_grid,
         _parse_models,
         _parse_name,
         _parse_row_names,
@@ -27,6 +29,7 @@ try:  # importing torch takes seconds: a Ctrl-C then has nothing to clean up and
     )
     from genbench.bench.planning.settings import settings_options
     from genbench.bench.record.results import check_writable_folder
+    from genbench.core import log
     from genbench.core.errors import UserError
     from genbench.models.base import ALIASES, MODELS, PROFILE_NAMES, model_names
 except KeyboardInterrupt:
@@ -46,6 +49,9 @@ class _Stopped(click.ClickException):
         message = self.format_message()
         line = message[:1].upper() + message[1:] if message.startswith("interrupted") else message
         click.echo(line if line.startswith("Interrupted") else f"Interrupted: {message}", err=True)
+
+
+logger = logging.getLogger(__name__)
 
 
 class _Group(click.Group):
@@ -70,10 +76,16 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--debug", is_flag=True, envvar="GENBENCH_DEBUG", help="Show tracebacks for errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr: no progress, no info.")
+@click.option("-v", "--verbose", is_flag=True, help="Also debug lines on stderr.")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, quiet: bool, verbose: bool) -> None:
     """genbench: train and compare generative image models on several datasets under one protocol."""
+    if quiet and verbose:
+        raise click.UsageError("-q and -v contradict each other; give one")
     ctx.obj = {"debug": debug}
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    ctx.call_on_close(log.show(level))  # progress and info lines (genbench.core.log)
 
 
 @cli.command()
@@ -221,12 +233,10 @@ def report(
     )
     click.echo(result.markdown)
     if result.n_skipped:
-        click.echo(
-            f"skipped {result.n_skipped} unfinished run(s) (--include-unfinished shows them)", err=True
-        )
+        logger.info(f"skipped {result.n_skipped} unfinished run(s) (--include-unfinished shows them)")
     for note in result.notes:
-        click.echo(f"note: {note}", err=True)
-    click.echo(f"wrote {len(result.written)} files; open {result.out_dir / 'index.html'}", err=True)
+        logger.warning(f"note: {note}")
+    logger.info(f"wrote {len(result.written)} files; open {result.out_dir / 'index.html'}")
 
 
 @cli.command("list")
@@ -309,26 +319,34 @@ def _parse_choices(choices: tuple[str, ...]):
 @click.option("--cpus-per-job", type=click.IntRange(min=1), default=None, help="CPU cores per job.")
 @click.option("--mem", "mem_gb", type=click.IntRange(min=1), default=None, metavar="GB", help="Memory a job.")
 @settings_options
+@click.option(
+    "--grid", "grid_axes", multiple=True, callback=_parse_grid, metavar="SECTION.FIELD=V1,V2,...",
+    help="Sweep any config field (repeatable: the product of the axes), each point a run with its --set, "
+    "e.g. --grid model.latent_dim=32,64,128; tuples in parentheses: --grid model.channels=(8,16),(16,32).",
+)  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Print what each run would do (start, resume, skip) and exit.")
 def sweep(
     models, seeds, profiles, datasets, out, name, show_status, launcher, max_parallel, partition, time_min,
-    gpus_per_job, cpus_per_job, mem_gb, dry_run, **settings,
+    gpus_per_job, cpus_per_job, mem_gb, dry_run, grid_axes, **settings,
 ) -> None:  # fmt: skip
-    """A grid of runs (models x seeds x profiles x datasets) through submitit, one job per run, into
-    OUT: Slurm job arrays, or this machine's local executor. Submitted again, a sweep skips its done
-    runs, resumes its interrupted ones and starts the rest; `bench report --results OUT` gathers them."""
+    """A grid of runs (models x seeds x profiles x datasets x --grid points) through submitit, one job
+    per run, into OUT: Slurm job arrays, or this machine's local executor. Submitted again, a sweep
+    skips its done runs, resumes its interrupted ones and starts the rest; `bench report --results
+    OUT` gathers them."""
     from genbench.bench.execute import sweep as sweeps
+    from genbench.bench.execute import sweep_record
     from genbench.bench.planning.settings import RunSettings
 
     if show_status:
-        click.echo(sweeps.status(out, name).to_string(index=False))
+        click.echo(sweep_record.status(out, name).to_string(index=False))
         return
     if not models:
         raise click.UsageError("--models is required (or --status)")
     request = sweeps.SweepRequest(
         models=models, seeds=seeds or (0,), profiles=profiles or ("quick",),
         datasets=datasets or (DEFAULT_DATASET,),
-        settings=RunSettings.from_options(**settings), out=out, sweep=name or "sweep", launcher=launcher,
+        settings=RunSettings.from_options(**settings), grid=grid_axes, out=out, sweep=name or "sweep",
+        launcher=launcher,
         max_parallel=max_parallel, partition=partition, time_min=time_min, gpus_per_job=gpus_per_job,
         cpus_per_job=cpus_per_job, mem_gb=mem_gb, dry_run=dry_run,
     )  # fmt: skip

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 import time
 from pathlib import Path
@@ -23,9 +24,12 @@ from genbench.bench.record.results import CHECKPOINT
 from genbench.bench.record.sample_files import output_format, write_samples
 from genbench.core import files
 from genbench.core.errors import UsageError, UserError
+from genbench.core.log import progress_shown
 from genbench.metrics.base import sample_batch
 from genbench.models.base import GenerativeModel, get_model_class
 from genbench.models.plugins import construct, recorded_family
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,18 +101,18 @@ def draw(
     the evaluation draws them: ``metrics.base.sample_batch``). Progress is a bar on a terminal and,
     as `bench run` does, plain lines in a log (stderr not a terminal: no carriage-return frames)."""
     chunks = []
-    plain = progress and not sys.stderr.isatty()
+    plain = progress and progress_shown() and not sys.stderr.isatty()  # a log: lines, not bar frames
     last_line = time.monotonic()
     if plain:
-        print(f"sampling: {n} images", file=sys.stderr, flush=True)
-    with tqdm(total=n, unit="img", disable=not progress or plain, leave=False) as bar:
+        logger.info(f"sampling: {n} images")
+    with tqdm(total=n, unit="img", disable=not (progress and progress_shown()) or plain, leave=False) as bar:
         for index, start in enumerate(range(0, n, batch_size)):
             size = min(batch_size, n - start)
             chunks.append(sample_batch(model, index, size, seed, mode, model.device))  # (size, C, H, W)
             bar.update(size)
             if plain and time.monotonic() - last_line >= PLAIN_PROGRESS_EVERY_S:
                 last_line = time.monotonic()
-                print(f"sampling: {start + size} of {n} images", file=sys.stderr, flush=True)
+                logger.info(f"sampling: {start + size} of {n} images")
     return torch.cat(chunks)
 
 

@@ -273,14 +273,9 @@ def reevaluate(request: EvalRequest, echo: Callable[..., None], data=None) -> tu
         cache = request.cache_dir or run_dir.parent / ".cache"
         entries = evaluate(loaded.model, data, evaluation, device, plan.seed, summary, out_dir, cache)
         protocol = protocol_block(
-            data,
-            evaluation,
-            plan.profile,
-            device,
-            config.get("precision"),
-            time_budget_s=plan.train_config.time_budget_s,
-            compute_budget=plan.train_config.compute_budget,
-        )  # fmt: skip  (the training's budget: a budgeted run groups apart from full schedules)
+            data, evaluation, plan.profile, device, config.get("precision"), overrides=plan.overrides,
+            time_budget_s=plan.train_config.time_budget_s, compute_budget=plan.train_config.compute_budget,
+        )  # fmt: skip
         steps = f", {SAMPLER_STEPS_FIELD} {request.sampler_steps}" if request.sampler_steps else ""
         protocol["evaluation"] = EVALUATION + steps
         report = metrics_document(out_dir.name, loaded.model, plan.seed, protocol, entries)

@@ -39,12 +39,13 @@ def protocol_block(
     time_budget_s: float | None = None,
     processes: int = 1,
     compute_budget: float | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run-level protocol of metrics.json: what every number of the run depends on besides the
     model and the seed. Runs with equal blocks were measured identically. A time or compute budget
-    (runs cut at equal wall-clock or equal FLOPs are another comparison than full schedules) and a
-    data-parallel run's process count (its cost numbers) appear only where they are set, so other
-    runs group as before."""
+    (runs cut at equal wall-clock or equal FLOPs are another comparison than full schedules), the
+    --set overrides (another model, schedule or evaluation) and a data-parallel run's process count
+    (its cost numbers) appear only where they are set, so other runs group as before."""
     n_test = len(data.test)
     n_reference = min(config.n_samples, n_test)
     return {
@@ -59,6 +60,7 @@ def protocol_block(
         **({"time_budget_s": time_budget_s} if time_budget_s is not None else {}),
         **({"compute_budget": compute_budget} if compute_budget is not None else {}),
         **({"processes": processes} if processes > 1 else {}),
+        **({"overrides": overrides} if overrides else {}),
         "test_images": min(config.n_test or n_test, n_test),
         "test_subset": describe_subset(n_test, config.n_test, config.subset_seed),
         "iwae_k": config.iwae_k,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import sys
 import time
@@ -22,6 +23,9 @@ from genbench.bench.engine.timing import Stopwatch
 from genbench.core.distributed import all_reduce_
 from genbench.core.errors import UserError
 from genbench.core.files import write_text
+from genbench.core.log import progress_shown
+
+logger = logging.getLogger(__name__)
 
 
 class Diverged(UserError):
@@ -69,12 +73,13 @@ class StepLog:
         there, plain lines (see ``flush``)."""
         options = self.trainer.options
         self.window_start_step = step
-        self.plain_progress = options.progress and not sys.stderr.isatty()
+        shown = options.progress and progress_shown()  # -q, or an API call: none
+        self.plain_progress = shown and not sys.stderr.isatty()
         self.last_line = -math.inf
         self.bar = tqdm(
             total=total_steps if math.isfinite(total_steps) else None,  # a time budget's: open
             initial=step,
-            disable=not options.progress or self.plain_progress or not self.trainer.rank0,
+            disable=not shown or self.plain_progress or not self.trainer.rank0,
             unit="step",
             desc=desc,
             dynamic_ncols=True,
@@ -114,11 +119,9 @@ class StepLog:
             self.last_line = time.monotonic()
             speed = f", {row['images_per_s']:.0f} images/s" if row["images_per_s"] else ""
             total = f"/{t.total_steps}" if math.isfinite(t.total_steps) else ""  # a time budget's: open
-            print(
+            logger.info(
                 f"{t.model.name} s{t.seed}: step {state.step}{total}, "
-                f"loss {row['loss']:.4g}{speed}, {row['wall_time_s']:.0f} s",
-                file=sys.stderr,
-                flush=True,
+                f"loss {row['loss']:.4g}{speed}, {row['wall_time_s']:.0f} s"
             )
         self.pending = []
         self.window_start_step = state.step

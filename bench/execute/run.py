@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -33,6 +34,7 @@ from genbench.bench.engine.evaluate import evaluate, metrics_document, protocol_
 from genbench.bench.engine.ladder import rung_evaluation
 from genbench.bench.engine.timing import threads_text
 from genbench.bench.engine.train import RunOptions, StopFlag, Trainer, TrainingInterrupted
+from genbench.bench.planning.overrides import tag
 from genbench.bench.planning.plan import (
     RunPlan,
     RunRequest,
@@ -54,6 +56,8 @@ from genbench.metrics.likelihood import check_trained
 from genbench.models.base import get_model_class
 from genbench.models.plugins import construct
 
+logger = logging.getLogger(__name__)
+
 
 def start(
     plan: RunPlan,
@@ -66,7 +70,9 @@ def start(
     """Create the run folder and its config.json; the run itself is ``execute``. ``data_dir`` is
     remembered so that --resume finds the same data without being told again. A folder whose
     config could not be written is left ``failed`` (or ``interrupted``), never ``running``."""
-    run_id = results.make_run_id(plan.model, plan.profile, plan.seed, name, plan.dataset.id_part())
+    run_id = results.make_run_id(
+        plan.model, plan.profile, plan.seed, name, plan.dataset.id_part(), tag(plan.overrides)
+    )
     run_dir = results.create_run_dir(out, run_id, overwrite)
     try:
         config = {
@@ -165,7 +171,7 @@ def execute(
             protocol = protocol_block(
                 data, plan.eval_config, plan.profile, options.device, options.precision,
                 time_budget_s=plan.train_config.time_budget_s, processes=world_size(),
-                compute_budget=plan.train_config.compute_budget,
+                compute_budget=plan.train_config.compute_budget, overrides=plan.overrides,
             )  # fmt: skip
             report = metrics_document(config["run_id"], model, plan.seed, protocol, entries, state.ladder)
             if writer:
@@ -267,7 +273,7 @@ def request_from_environment() -> RunRequest:
     return request_from_data(json.loads(os.environ[distributed.ENV_REQUEST]))
 
 
-def run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, Any]]:
+def run_all(request: RunRequest, echo: Callable[..., None] | None = None) -> list[dict[str, Any]]:
     """Plan, then train and evaluate every (model, seed) of the request (or continue one run).
     One failed run does not stop the others; the failures are reported together at the end.
     Every option is checked before any folder is created; a --dry-run checks them too.
@@ -275,11 +281,11 @@ def run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, An
     Under torchrun every rank runs this, in the process group it sets up; `--nproc N` outside
     torchrun checks the request here, then starts torchrun with N workers that run it."""
     with distributed.process_group(_device(request)):
-        return _run_all(request, echo if rank() == 0 else _quiet)
+        return _run_all(request, echo if echo is not None and rank() == 0 else _quiet)
 
 
 def _quiet(*args, **kwargs) -> None:
-    """The echo of ranks other than 0: one line per run, from rank 0."""
+    """The echo of ranks other than 0 (one line per run, from rank 0), and of a program's call."""
 
 
 def _device(request: RunRequest) -> torch.device:
@@ -357,9 +363,10 @@ def _run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, A
     _check_plans(targets.plans)
     for p in targets.plans:
         distributed.check_batch_size(p.train_config.batch_size, processes)
+        logger.debug(f"planned {p.model} seed {p.seed} ({p.profile}, {p.dataset}), --set {p.overrides}")
     if request.dry_run:
         if request.settings.batch_size is not None:  # the profiles' own batch sizes fit every dataset
-            _check_fits_local_data(targets.plans[0].dataset, targets.data_dir, targets.plans, echo)
+            _check_fits_local_data(targets.plans[0].dataset, targets.data_dir, targets.plans)
         chosen = _threads(request.settings, device, targets.config, share=processes)  # what each rank takes
         options = dataclasses.replace(options, threads=chosen)
         echo(json.dumps([describe(p, options) for p in targets.plans], indent=2))
@@ -395,10 +402,9 @@ def _run_targets(
             where = str(options.device)
             if options.threads:
                 where += f", {threads_text(options.threads['threads'])}"
-            echo(
+            logger.info(
                 f"{_position(i, len(targets.runs), time.monotonic() - began)}{run_plan.model} seed "
-                f"{run_plan.seed} ({run_plan.profile}) on {where} -> {run_dir}",
-                err=True,
+                f"{run_plan.seed} ({run_plan.profile}) on {where} -> {run_dir}"
             )
             try:
                 report = execute(
@@ -415,11 +421,11 @@ def _run_targets(
                 if isinstance(exc, TrainingInterrupted) or len(targets.runs) == 1 or is_distributed():
                     raise
                 failures.append(f"{run_dir.name}: {exc}")  # one diverged model does not stop the others
-                echo(f"error: {exc}", err=True)
+                logger.error(f"error: {exc}")
                 continue
             echo(summary_line(report))
             if budget_line(report):
-                echo(budget_line(report), err=True)
+                logger.info(budget_line(report))
             reports.append(report)
     if failures:
         raise UserError(f"{len(failures)} of {len(targets.runs)} runs failed: " + "; ".join(failures))
@@ -469,13 +475,11 @@ def _check_fits(plans: list[RunPlan], n_train: int) -> None:
             )
 
 
-def _check_fits_local_data(
-    dataset: DatasetSpec, data_dir: Path | None, plans: list[RunPlan], echo: Callable[..., None]
-) -> None:
+def _check_fits_local_data(dataset: DatasetSpec, data_dir: Path | None, plans: list[RunPlan]) -> None:
     """--dry-run: check --batch-size against the dataset when it is on disk (never downloading)."""
     try:
         data = load_dataset(dataset, data_dir, download_missing=False)
     except UserError as exc:
-        echo(f"note: --batch-size not checked against the training set: {exc}", err=True)
+        logger.warning(f"note: --batch-size not checked against the training set: {exc}")
         return
     _check_fits(plans, len(data.train))

@@ -1,9 +1,11 @@
-"""`bench sweep`: a grid of runs (model x seed x profile x dataset) as one job each, submitted through
-submitit to Slurm (one job array, its parallelism capped) or to this machine (submitit's local
-executor, a few jobs at a time), all writing into one results folder that `bench report` reads.
+"""`bench sweep`: a grid of runs (model x seed x profile x dataset x --grid points) as one job each,
+submitted through submitit to Slurm (one job array, its parallelism capped) or to this machine
+(submitit's local executor, a few jobs at a time), all writing into one results folder that
+`bench report` reads.
 
-Each run of a sweep has a fixed id, ``<model>[-<dataset>]-<profile>-s<seed>-<sweep>-<dataset>`` (the
-first dataset where it is not mnist, as in every run id), so a sweep
+Each run of a sweep has a fixed id, ``<model>[-<dataset>]-<profile>-s<seed>[-<set tag>]-<sweep>-<dataset>``
+(the first dataset where it is not mnist and the tag of its --set and --grid fields where it has
+some, as in every run id), so a sweep
 submitted again finds its runs: a done run is skipped (not submitted), an interrupted or failed one
 is resumed from its checkpoint (``bench run --resume``), a missing one is started, and one that a
 live process holds is left alone. A job decides again when it starts, so a run finished while the
@@ -25,10 +27,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import logging
 import os
-import re
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,20 +39,21 @@ import click
 import pandas as pd
 import submitit
 from submitit.core.job_environment import JobEnvironment
-from submitit.core.utils import JobPaths
 
 from genbench.bench.engine.data import DEFAULT_DATASET, get_dataset_spec, resolve_data_dir
 from genbench.bench.engine.device import resolve_device
 from genbench.bench.engine.train import TrainingInterrupted
 from genbench.bench.execute.run import run_all
+from genbench.bench.execute.sweep_record import LAUNCHERS, SweepRecord, sweep_dir
+from genbench.bench.planning import overrides as typed
 from genbench.bench.planning.plan import RunRequest, as_data, plan, read_run
 from genbench.bench.planning.settings import EVAL, TRAIN, RunSettings
 from genbench.bench.record import results
-from genbench.core import files
+from genbench.core import log
 from genbench.core.errors import UsageError, UserError
+from genbench.models.base import get_model_class
 
-SWEEP_DIR = ".sweep"
-LAUNCHERS = ("auto", "local", "slurm")
+logger = logging.getLogger(__name__)
 POLL_S = 1.0  # how often the local launcher looks at its jobs
 STOP_WAIT_S = 300.0  # how long an interrupted local sweep waits for its runs to checkpoint
 
@@ -71,6 +73,7 @@ class Cell:
     seed: int
     dataset: str
     sweep: str
+    sets: tuple[str, ...] = ()  # the sweep's --set and this point's --grid values
 
     @property
     def name(self) -> str:
@@ -79,8 +82,15 @@ class Cell:
 
     @property
     def run_id(self) -> str:
+        family = get_model_class(self.model)
+        overrides = typed.resolve(family.name, family.Config, self.sets)
         return results.make_run_id(
-            self.model, self.profile, self.seed, self.name, get_dataset_spec(self.dataset).id_part()
+            self.model,
+            self.profile,
+            self.seed,
+            self.name,
+            get_dataset_spec(self.dataset).id_part(),
+            typed.tag(overrides),
         )
 
 
@@ -94,6 +104,8 @@ class SweepRequest:
     profiles: tuple[str, ...] = ("quick",)
     datasets: tuple[str, ...] = (DEFAULT_DATASET,)
     settings: RunSettings = RunSettings()
+    # --grid axes, each its points as --set values: (("model.latent_dim=8", "model.latent_dim=16"), ...)
+    grid: tuple[tuple[str, ...], ...] = ()
     out: Path = Path("results")
     sweep: str = "sweep"
     launcher: str = "auto"
@@ -107,9 +119,10 @@ class SweepRequest:
 
     def run_request(self, cell: Cell, **changes: Any) -> RunRequest:
         """The `bench run` request that makes ``cell``."""
+        settings = dataclasses.replace(self.settings, dataset=get_dataset_spec(cell.dataset), sets=cell.sets)
         return RunRequest(
             models=(cell.model,), profile=cell.profile, seeds=(cell.seed,), out=self.out, name=cell.name,
-            settings=dataclasses.replace(self.settings, dataset=get_dataset_spec(cell.dataset)), **changes,
+            settings=settings, **changes,
         )  # fmt: skip
 
 
@@ -120,9 +133,10 @@ class RunJob(submitit.helpers.Checkpointable):
 
     cell: Cell
     request: SweepRequest
+    log_level: int = logging.INFO  # the submitting command's (-q, -v): the job's log shows the same lines
 
     def __call__(self) -> dict[str, str]:
-        with _timeout_stops_run() as timed_out:
+        with _timeout_stops_run() as timed_out, _showing_log(self.log_level):
             try:
                 return self.run()
             except TrainingInterrupted:
@@ -145,6 +159,15 @@ class RunJob(submitit.helpers.Checkpointable):
             request = self.request.run_request(self.cell, cache_dir=out / ".cache")
         run_all(request, echo=click.echo)
         return {"run_id": self.cell.run_id, "action": action}
+
+
+@contextlib.contextmanager
+def _showing_log(level: int) -> Iterator[None]:
+    undo = log.show(level)
+    try:
+        yield
+    finally:
+        undo()
 
 
 class _Timeout:
@@ -197,15 +220,17 @@ def decide(run_dir: Path) -> str:
 
 def grid(request: SweepRequest) -> list[Cell]:
     return [
-        Cell(model, profile, seed, dataset, request.sweep)
-        for profile, dataset, model, seed in itertools.product(
-            request.profiles, request.datasets, request.models, request.seeds
+        Cell(model, profile, seed, dataset, request.sweep, sets)
+        for profile, dataset, sets, model, seed in itertools.product(
+            request.profiles, request.datasets, points(request), request.models, request.seeds
         )
     ]
 
 
-def sweep_dir(out: Path, sweep: str) -> Path:
-    return Path(out) / SWEEP_DIR / sweep
+def points(request: SweepRequest) -> list[tuple[str, ...]]:
+    """The --set values of each point of the --grid axes' product (one point, the sweep's --set,
+    without axes)."""
+    return [request.settings.sets + point for point in itertools.product(*request.grid)]
 
 
 def resolve_launcher(launcher: str) -> str:
@@ -225,15 +250,15 @@ def resolve_launcher(launcher: str) -> str:
 
 def check_request(request: SweepRequest) -> None:
     """Everything `bench run` would refuse, refused before anything is submitted: one dry run per
-    (profile, dataset), and every run name."""
+    (profile, dataset, grid point), and every run name."""
     for cell in grid(request):
         try:
             results.check_run_name(cell.name)
         except ValueError as exc:
             raise UsageError(f"--name {request.sweep}: {exc}") from None
-    for profile, dataset in itertools.product(request.profiles, request.datasets):
+    for profile, dataset, sets in itertools.product(request.profiles, request.datasets, points(request)):
         settings = dataclasses.replace(
-            request.settings, device="cpu", dataset=get_dataset_spec(dataset)
+            request.settings, device="cpu", dataset=get_dataset_spec(dataset), sets=sets
         )  # plans need no GPU
         dry = RunRequest(
             models=request.models, profile=profile, seeds=request.seeds, settings=settings, out=request.out,
@@ -252,7 +277,7 @@ def check_same_settings(request: SweepRequest, cell: Cell, run_dir: Path) -> Non
     settings = request.settings
     planned = plan(
         cell.model, cell.profile, cell.seed, settings.overrides(TRAIN), settings.overrides(EVAL),
-        dataset=cell.dataset,
+        dataset=cell.dataset, sets=cell.sets,
     )  # fmt: skip
     differences = [
         f"{part}.{key} {old!r} -> {new!r}"
@@ -319,17 +344,19 @@ def submit(request: SweepRequest, echo: Callable[..., None]) -> pd.DataFrame:
         if actions[cell.run_id] != "start":
             check_same_settings(request, cell, out / cell.run_id)
     table = pd.DataFrame({"run": list(actions), "action": list(actions.values()), "job": "-"})
+    if request.grid:  # which point of the grid each run is
+        table.insert(1, "set", [" ".join(c.sets) for c in cells])
     todo = [c for c in cells if actions[c.run_id] in ("start", "resume")]
     if request.dry_run or not todo:
         echo(table.to_string(index=False))
         if not todo:
-            echo(f"sweep {request.sweep}: nothing to submit (every run is done or in use)", err=True)
+            logger.info(f"sweep {request.sweep}: nothing to submit (every run is done or in use)")
         return table
     record = SweepRecord.load(sweep_dir(out, request.sweep), request.sweep, out)
     record.add_grid(cells, actions)
     record.save()
     executor = make_executor(request, launcher, record.folder)
-    jobs = [RunJob(c, request) for c in todo]
+    jobs = [RunJob(c, request, logger.getEffectiveLevel()) for c in todo]
     if launcher == "slurm":
         with executor.batch():  # one job array
             handles = [executor.submit(job) for job in jobs]
@@ -339,10 +366,10 @@ def submit(request: SweepRequest, echo: Callable[..., None]) -> pd.DataFrame:
         table["job"] = [record.last_job(c.run_id) or "-" for c in cells]
         echo(table.to_string(index=False))
         follow = f"bench sweep --status --out {out} --name {request.sweep}"
-        echo(f"submitted {len(jobs)} jobs to Slurm; follow them with: {follow}", err=True)
+        logger.info(f"submitted {len(jobs)} jobs to Slurm; follow them with: {follow}")
         return table
     echo(table.to_string(index=False))
-    run_locally(executor, jobs, record, request.max_parallel or 1, actions, echo)
+    run_locally(executor, jobs, record, request.max_parallel or 1, actions)
     table["job"] = [record.last_job(c.run_id) or "-" for c in cells]
     return table
 
@@ -353,7 +380,6 @@ def run_locally(
     record: SweepRecord,
     max_parallel: int,
     actions: dict[str, str],
-    echo: Callable[..., None],
 ) -> None:
     """Keep at most ``max_parallel`` local jobs running until every job has ended. Interrupted
     (Ctrl-C, SIGTERM), it asks its running jobs to stop (each run checkpoints and is left
@@ -365,7 +391,7 @@ def run_locally(
             for job, handle in [r for r in running if r[1].done()]:
                 running.remove((job, handle))
                 status = results.read_status(record.out / job.cell.run_id) or "missing"
-                echo(f"{job.cell.run_id}: {status} (job {handle.job_id})", err=True)
+                logger.info(f"{job.cell.run_id}: {status} (job {handle.job_id})")
                 if status != "done":
                     failed.append(f"{job.cell.run_id} ({status}; log: {handle.paths.stderr})")
             while pending and len(running) < max_parallel:
@@ -398,118 +424,3 @@ def stop_local_jobs(handles: list[Any]) -> None:
     for handle in handles:
         if not handle.done():
             handle.cancel()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The sweep's record and its status
-
-
-@dataclasses.dataclass
-class SweepRecord:
-    """RESULTS/.sweep/<sweep>/sweep.json: the runs of the sweep and each one's jobs."""
-
-    folder: Path
-    sweep: str
-    out: Path
-    runs: dict[str, dict[str, Any]]
-
-    @classmethod
-    def load(cls, folder: Path, sweep: str, out: Path) -> SweepRecord:
-        path = folder / "sweep.json"
-        doc = files.read_json(path) if path.is_file() else {}
-        if not isinstance(doc, dict) or not isinstance(doc.get("runs", {}), dict):
-            raise UserError(f"{path} is not a sweep record; delete it (the run folders stay)")
-        return cls(folder, sweep, out, doc.get("runs", {}))
-
-    def add_grid(self, cells: list[Cell], actions: dict[str, str]) -> None:
-        for cell in cells:
-            entry = self.runs.setdefault(cell.run_id, {"jobs": []})
-            entry |= {
-                "model": cell.model,
-                "profile": cell.profile,
-                "seed": cell.seed,
-                "dataset": cell.dataset,
-            }
-            entry["last_action"] = actions[cell.run_id]
-
-    def add_job(self, run_id: str, job_id: str, launcher: str, action: str) -> None:
-        self.runs[run_id]["jobs"].append(
-            {"job_id": job_id, "launcher": launcher, "host": socket.gethostname(), "action": action,
-             "submitted": results.now_iso()}
-        )  # fmt: skip
-
-    def last_job(self, run_id: str) -> str | None:
-        jobs = self.runs.get(run_id, {}).get("jobs") or []
-        return jobs[-1]["job_id"] if jobs else None
-
-    def save(self) -> None:
-        files.write_json(
-            self.folder / "sweep.json",
-            {"sweep": self.sweep, "out": str(self.out), "updated": results.now_iso(), "runs": self.runs},
-        )
-
-
-JOB_ID = re.compile(r"\d{1,20}(_\d{1,10})?")  # a Slurm job (array task) id, or a local job's pid
-
-
-def job_id(folder: Path, job: Any) -> str:
-    """A job's id from sweep.json, read as data: digits (and one array index), nothing that could
-    name a path outside the sweep's jobs folder."""
-    ident = job.get("job_id") if isinstance(job, dict) else None
-    if not (isinstance(ident, str) and JOB_ID.fullmatch(ident)) or job.get("launcher") not in LAUNCHERS:
-        raise UserError(
-            f"{folder / 'sweep.json'} holds a job that is not a Slurm or local job id ({ident!r}); "
-            "delete that file (the run folders stay) and submit the sweep again"
-        )
-    return ident
-
-
-def job_state(folder: Path, job: dict[str, Any]) -> str:
-    """submitit's view of a job: Slurm's state (sacct), or for a local job whether it left a result,
-    still runs, or is gone."""
-    ident = job_id(folder, job)
-    if job["launcher"] == "slurm":
-        return submitit.SlurmJob(folder / "jobs", ident).state
-    paths = JobPaths(folder / "jobs", ident)
-    if paths.result_pickle.exists():
-        # (outcome, RunJob's dict of strings or a traceback's text), read without running code
-        doc = files.read_plain_pickle(paths.result_pickle)
-        ok = isinstance(doc, tuple) and len(doc) == 2 and doc[0] in ("success", "error")
-        return {"success": "COMPLETED", "error": "FAILED"}[doc[0]] if ok else "UNREADABLE RESULT"
-    if job.get("host") != socket.gethostname():
-        return "UNKNOWN"
-    try:
-        os.kill(int(ident), 0)
-    except ProcessLookupError:
-        return "GONE"
-    except PermissionError:
-        pass
-    return "RUNNING"
-
-
-def status(out: Path, sweep: str | None = None) -> pd.DataFrame:
-    """One row per run of the sweep (every sweep under OUT when None): its status.json, its last job
-    and submitit's state of that job."""
-    root = Path(out) / SWEEP_DIR
-    folders = [root / sweep] if sweep else sorted(p for p in root.glob("*") if (p / "sweep.json").is_file())
-    if not folders or not (folders[0] / "sweep.json").is_file():
-        what = f"sweep {sweep!r}" if sweep else "sweep"
-        raise UserError(f"no {what} under {root}; start one with: bench sweep --models ... --out {out}")
-    rows = []
-    for folder in folders:
-        record = SweepRecord.load(folder, folder.name, Path(out))
-        for run_id, entry in record.runs.items():
-            run_dir = Path(out) / run_id
-            doc = files.read_json(run_dir / "status.json") if (run_dir / "status.json").is_file() else {}
-            jobs = entry.get("jobs") or []
-            rows.append(
-                {
-                    "sweep": folder.name,
-                    "run": run_id,
-                    "status": doc.get("status", "missing"),
-                    "job": job_id(folder, jobs[-1]) if jobs else "-",
-                    "job state": job_state(folder, jobs[-1]) if jobs else "-",
-                    "reason": doc.get("reason") or "",
-                }
-            )
-    return pd.DataFrame(rows, columns=["sweep", "run", "status", "job", "job state", "reason"])

@@ -187,6 +187,14 @@ def _parse_name(ctx, param, value: str | None) -> str | None:
         raise click.BadParameter(str(exc)) from None
 
 
+def _parse_grid(ctx, param, value: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """--grid axes -> each axis as its points' --set values (bench.planning.overrides.split_grid); a bad one
+    is bench's one-line UsageError."""
+    from genbench.bench.planning.overrides import split_grid
+
+    return tuple(split_grid(v) for v in value)
+
+
 def _parse_row_names(ctx, param, value: str | None) -> tuple[str, ...]:
     """Report rows: a registered name or alias is its canonical name; any other name is kept as
     written (external samples scored by `bench eval --samples` are rows without a family)."""

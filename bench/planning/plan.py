@@ -10,11 +10,17 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from genbench.bench.engine.data import DEFAULT_DATASET, DEFAULT_SPEC, DatasetSpec, get_dataset_spec
+from genbench.bench.engine.data import (
+    DEFAULT_DATASET,
+    DEFAULT_SPEC,
+    DatasetSpec,
+    get_dataset_spec,
+)
 from genbench.bench.engine.device import PRECISIONS
 from genbench.bench.engine.timing import device_name
 from genbench.bench.engine.train import RunOptions
-from genbench.bench.planning.settings import EVAL, TRAIN, RunSettings
+from genbench.bench.planning import overrides as typed
+from genbench.bench.planning.settings import EVAL, FIELDS, TRAIN, RunSettings, option_name
 from genbench.bench.record.results import NAME_PATTERN
 from genbench.core import files
 from genbench.core.errors import UsageError, UserError
@@ -65,6 +71,8 @@ class RunPlan:
     train_config: TrainConfig
     eval_config: EvalConfig
     dataset: DatasetSpec = DEFAULT_SPEC  # recorded by name (and a folder's source); --resume keeps it
+    # --set's fields, {"section.field": value} (bench.planning.overrides): in the run id and the protocol
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed into this run."""
@@ -88,25 +96,42 @@ def plan(
     image_shape: tuple[int, int, int] | None = None,
     levels: int | None = None,
     dataset: DatasetSpec | str = DEFAULT_SPEC,
+    sets: tuple[str, ...] = (),
 ) -> RunPlan:
-    """A run's resolved configs: the profile's, with single fields overridden, for the images of
-    ``dataset`` (its shape and levels unless ``image_shape``/``levels`` say otherwise). Feature
-    networks left unset (None) are the dataset's defaults for the profile."""
+    """A run's resolved configs: the profile's, with single fields overridden (the shortcut options'
+    ``train_overrides``/``eval_overrides``, and --set's ``sets``), for the images of ``dataset`` (its
+    shape and levels unless ``image_shape``/``levels`` say otherwise). Feature networks left unset
+    (None) are the dataset's defaults for the profile."""
     cls = get_model_class(model)
     spec = get_dataset_spec(dataset)
     model_config, train_config = cls.profiles[profile]()
     train_config = dataclasses.replace(  # the profile's validation points, unless the family asks more
         train_config, validations=max(train_config.validations, PROFILE_VALIDATIONS.get(profile, 1))
     )
+    overrides = typed.resolve(cls.name, cls.Config, sets)
+    _check_set_once(overrides, {"train": train_overrides or {}, "eval": eval_overrides or {}})
     try:
+        model_config = typed.apply(model_config, "model", overrides)
         model_config = with_image_spec(model_config, image_shape or spec.image_shape, levels or spec.levels)
         train_config = dataclasses.replace(train_config, **(train_overrides or {}))
+        train_config = typed.apply(train_config, "train", overrides)
         eval_config = dataclasses.replace(EVAL_PROFILES[profile], **(eval_overrides or {}))
+        eval_config = typed.apply(eval_config, "eval", overrides)
         if eval_config.feature_networks is None:
             eval_config = dataclasses.replace(eval_config, feature_networks=spec.feature_networks[profile])
     except ValueError as exc:
-        raise UsageError(f"{cls.name} on {spec.name}: {exc}") from None
-    return RunPlan(cls.name, profile, seed, model_config, train_config, eval_config, spec)
+        given = f" with --set {' '.join(sets)}" if sets else ""
+        raise UsageError(f"{cls.name} on {spec.name}{given}: {exc}") from None
+    return RunPlan(cls.name, profile, seed, model_config, train_config, eval_config, spec, overrides)
+
+
+def _check_set_once(overrides: dict[str, Any], shortcuts: dict[str, dict[str, Any]]) -> None:
+    """A field set by a shortcut option (--epochs) and by --set too is refused: which one wins?"""
+    for section, values in shortcuts.items():
+        for name in values:
+            if f"{section}.{name}" in overrides:
+                other = option_name(name) if name in FIELDS else f"{section}_overrides[{name!r}]"
+                raise UsageError(f"--set {section}.{name} and {other} set one field; give one of them")
 
 
 def plan_from_config(config: dict[str, Any]) -> RunPlan:
@@ -120,6 +145,7 @@ def plan_from_config(config: dict[str, Any]) -> RunPlan:
         eval_config=from_data(EvalConfig, config["eval_config"]),
         # a folder by its source; a registry name; none: written before datasets were chosen
         dataset=get_dataset_spec(config.get("dataset_source") or config.get("dataset", DEFAULT_DATASET)),
+        overrides=config.get("overrides") or {},  # written before --set
     )
 
 
@@ -132,6 +158,7 @@ def describe(plan: RunPlan, options: RunOptions) -> dict[str, Any]:
             "profile": plan.profile,
             "seed": plan.seed,
             **plan.dataset.record(),
+            "overrides": plan.overrides,
             "device": options.device.type,
             "device_name": device_name(options.device),
             "precision": options.precision,
@@ -184,6 +211,7 @@ def plan_runs(request: RunRequest) -> list[RunPlan]:
             settings.overrides(TRAIN),
             settings.overrides(EVAL),
             dataset=settings.dataset,
+            sets=settings.sets,
         )  # fmt: skip
         for m in request.models or ("vae",)
         for s in request.seeds or (0,)

@@ -24,17 +24,27 @@ from genbench.bench.planning.cli_options import (
 )
 
 TRAIN, EVAL = "train_config", "eval_config"  # the configs an override sets a field of
+SET = "set"  # --set: fields of any config, by section (bench.planning.overrides)
 
 
 def _setting(default: Any, *decls: str, target: str | None = None, **option: Any) -> Any:
     """A field of RunSettings: its default, its click option (``decls`` and ``option`` as click.option
     takes them; the parameter is the field) and, for an override, the config (TRAIN or EVAL) whose
-    field of the same name it sets. No ``decls``: a setting without a shared option."""
+    field of the same name it sets (SET: the --set assignments). No ``decls``: a setting without a
+    shared option."""
     metadata = {
         "option": click.option(*decls, default=default, **option) if decls else None,
         "target": target,
     }
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def _parse_sets(ctx, param, value: tuple[str, ...]) -> tuple[str, ...]:
+    """--set values checked for their form and section (their fields are checked against the family):
+    a bad one is bench's one-line UsageError."""
+    from genbench.bench.planning.overrides import check_syntax
+
+    return check_syntax(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +107,14 @@ class RunSettings:
     iwae_k: int | None = _setting(
         None, "--iwae-k", target=EVAL, type=click.IntRange(min=1), help="Override the IWAE sample count k."
     )
+    # The shortcut options above set their field without naming the run; --set names it (a hash in
+    # the run id) and puts it in the protocol the report groups by. A field set both ways is refused.
+    sets: tuple[str, ...] = _setting(
+        (), "--set", "sets", target=SET, multiple=True, callback=_parse_sets, metavar="SECTION.FIELD=VALUE",
+        help="Set any field of the model's, train or eval config, typed by the field (repeatable), "
+        "e.g. --set model.latent_dim=64 --set train.ema_decay=0.999; tuples as 16,32, none for None.",
+        show_default=False,
+    )  # fmt: skip
     allow_few_samples: bool = _setting(
         False, "--allow-few-samples", target=EVAL, is_flag=True,
         help="Compute FID even with fewer samples than the feature dimension (rank-deficient covariance).",
@@ -132,11 +150,8 @@ class RunSettings:
         return [option_name(name) for name in self._given() if _target(name) is not None]
 
     def _given(self) -> dict[str, Any]:
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name) is not None and getattr(self, f.name) is not False
-        }
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {n: v for n, v in values.items() if v is not None and v is not False and v != ()}
 
 
 def _target(name: str) -> str | None:

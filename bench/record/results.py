@@ -56,14 +56,21 @@ def check_run_name(name: str) -> str:
 
 
 def make_run_id(
-    model: str, profile: str, seed: int, name: str | None = None, dataset: str | None = None
+    model: str,
+    profile: str,
+    seed: int,
+    name: str | None = None,
+    dataset: str | None = None,
+    tag: str = "",
 ) -> str:
-    """``<model>[-<dataset>]-<profile>-s<seed>-<name or time>``: ``dataset`` is what the run id says of
-    the dataset (``DatasetSpec.id_part``: nothing for the default one), so one name on two datasets
-    makes two runs."""
+    """``<model>[-<dataset>]-<profile>-s<seed>[-<tag>]-<name or time>``: ``dataset`` is what the run id
+    says of the dataset (``DatasetSpec.id_part``: nothing for the default one), so one name on two
+    datasets makes two runs; ``tag`` names the run's --set overrides (bench.planning.overrides.tag),
+    so one name with two settings makes two runs too."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     what = model if dataset is None else f"{model}-{dataset}"
-    return f"{what}-{profile}-s{seed}-{stamp if name is None else check_run_name(name)}"
+    what = f"{what}-{profile}-s{seed}" + (f"-{tag}" if tag else "")
+    return f"{what}-{stamp if name is None else check_run_name(name)}"
 
 
 def check_writable_folder(path: Path, option: str) -> None:

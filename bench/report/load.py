@@ -204,7 +204,9 @@ def _group_names(protocols: Sequence[dict[str, Any]]) -> list[str]:
             fields = [*PROTOCOL_LABELS, *sorted((set(protocol) | set(first[base])) - set(PROTOCOL_LABELS))]
             differs = [f for f in fields if protocol.get(f) != first[base].get(f)]
             value = protocol.get(differs[0]) if differs else None
-            value = "-".join(map(str, value)) if isinstance(value, (dict, list)) else value
+            if isinstance(value, dict):  # e.g. the --set overrides: "model.latent_dim-8"
+                value = "-".join(f"{k}-{v}" for k, v in value.items())
+            value = "-".join(map(str, value)) if isinstance(value, list) else value
             name = _slug(f"{base}-{differs[0]}-{value}") if differs else base
         first.setdefault(base, protocol)
         candidate, count = name, 2
