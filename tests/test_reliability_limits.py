@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import math
 import os
 import signal
@@ -30,7 +31,7 @@ from genbench.bench.engine.train import RunOptions
 from genbench.bench.execute import run
 from genbench.bench.planning import plan
 from genbench.bench.record import results
-from genbench.core import files
+from genbench.core import files, log
 from genbench.core.errors import UserError
 from genbench.metrics import likelihood
 from genbench.metrics.features import MNIST
@@ -278,7 +279,11 @@ def test_dry_run_shows_the_thread_count_it_would_use():
 def test_sample_progress_in_a_log_is_plain_lines(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sampling, "PLAIN_PROGRESS_EVERY_S", 0.0)  # a line after every batch
     model = models.build("gan", "smoke")[0].eval()
-    images = sampling.draw(model, 10, "sample", seed=0, batch_size=4, progress=True)
+    undo = log.show(logging.INFO)  # as the bench command shows progress (an API call shows none)
+    try:
+        images = sampling.draw(model, 10, "sample", seed=0, batch_size=4, progress=True)
+    finally:
+        undo()
     assert images.shape == (10, 1, 28, 28)
     err = capsys.readouterr().err
     assert "\r" not in err  # stderr is not a terminal here, as in a log

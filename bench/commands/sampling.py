@@ -76,7 +76,7 @@ def load_run(run_dir: Path, device: torch.device, model_config: Any = None) -> L
     checkpoint = run_dir / CHECKPOINT
     model = construct(get_model_class(plan.model), model_config or plan.model_config).to(device)
     try:
-        state = load_weights(checkpoint, model, expect={"model": plan.model, "dataset": plan.dataset})
+        state = load_weights(checkpoint, model, expect={"model": plan.model, **plan.dataset.record()})
     except (RuntimeError, KeyError, TypeError) as exc:  # load_state_dict: missing, unexpected, mis-shaped
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"checkpoint {checkpoint} does not fit {plan.model}'s config ({reason})") from None

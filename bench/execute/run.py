@@ -363,7 +363,7 @@ def _run_all(request: RunRequest, echo: Callable[..., None]) -> list[dict[str, A
     _check_plans(targets.plans)
     for p in targets.plans:
         distributed.check_batch_size(p.train_config.batch_size, processes)
-        logger.debug(f"planned {p.model} seed {p.seed} ({p.profile}, {p.dataset}), --set {p.overrides}")
+        logger.debug(f"planned {p.model} seed {p.seed} ({p.profile}, {p.dataset.name}), --set {p.overrides}")
     if request.dry_run:
         if request.settings.batch_size is not None:  # the profiles' own batch sizes fit every dataset
             _check_fits_local_data(targets.plans[0].dataset, targets.data_dir, targets.plans)
