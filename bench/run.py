@@ -374,6 +374,9 @@ def _run_targets(
             where = str(options.device)
             if options.threads:
                 where += f", {threads_text(options.threads['threads'])}"
+                note = threads.ThreadChoice(**options.threads).note()
+                if note:
+                    echo(note, err=True)
             echo(
                 f"{_position(i, len(targets.runs), time.monotonic() - began)}{run_plan.model} seed "
                 f"{run_plan.seed} ({run_plan.profile}) on {where} -> {run_dir}",
