@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from genbench.bench.data import DEFAULT_DATASET, default_feature_networks, get_dataset_spec
+from genbench.bench.device import compile_choice
 from genbench.bench.settings import EVAL, TRAIN, RunSettings
 from genbench.bench.timing import device_name
 from genbench.bench.train import RunOptions
@@ -122,6 +123,12 @@ def plan_from_config(config: dict[str, Any]) -> RunPlan:
     )
 
 
+def _compile_record(plan: RunPlan, options: RunOptions) -> dict[str, Any]:
+    family = get_model_class(plan.model)
+    on, why = compile_choice(family, options.device, plan.train_config, options.compile)
+    return {"compile": on, "compile_reason": why}
+
+
 def describe(plan: RunPlan, options: RunOptions) -> dict[str, Any]:
     """The resolved config as data (config.json, and --dry-run's output)."""
     return as_data(
@@ -134,7 +141,7 @@ def describe(plan: RunPlan, options: RunOptions) -> dict[str, Any]:
             "device": options.device.type,
             "device_name": device_name(options.device),
             "precision": options.precision,
-            "compile": options.compile,
+            **_compile_record(plan, options),
             "tensorboard": options.tensorboard,
             "processes": options.processes,
             "threads": options.threads,

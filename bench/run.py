@@ -28,7 +28,7 @@ import torch
 from genbench.bench import distributed, results, tensorboard, threads
 from genbench.bench.checkpoint import load_checkpoint
 from genbench.bench.data import Dataset, load_dataset, resolve_data_dir
-from genbench.bench.device import prepare_model, resolve_device, resolve_precision
+from genbench.bench.device import compile_choice, prepare_model, resolve_device, resolve_precision
 from genbench.bench.evaluate import evaluate, metrics_document, protocol_block
 from genbench.bench.plan import (
     RunPlan,
@@ -121,7 +121,9 @@ def execute(
             ckpt = load_checkpoint(checkpoint, plan.identity()) if resume and checkpoint.exists() else None
             torch.manual_seed(plan.seed)  # weight init
             cls = get_model_class(plan.model)
-            model = prepare_model(cls(plan.model_config), options.device, options.compile)
+            compiled, _ = compile_choice(cls, options.device, plan.train_config, options.compile)
+            options = dataclasses.replace(options, compile=compiled)  # the train summary records it
+            model = prepare_model(cls(plan.model_config), options.device, compiled)
             trainer = Trainer(
                 model,
                 data,

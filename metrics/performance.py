@@ -24,6 +24,7 @@ def cost(ctx: EvalContext) -> dict[str, Value]:
         "device": summary.get("device", str(ctx.device)),  # where it trained (bench eval may score elsewhere)
         "device_name": summary.get("device_name"),
         "precision": summary.get("precision"),
+        "compile": summary.get("compile"),  # torch.compile of the training step (bench.device.compile_choice)
         "batch_size": summary.get("batch_size"),
     }
     missing = "not trained by genbench in this run"
