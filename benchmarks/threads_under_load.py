@@ -9,8 +9,8 @@ batch 128 on fake MNIST-like data, in wall-clock images/s. The competing process
 busy loops, one core each, started before and stopped after each row. "adaptive" is what `bench
 run` does without --threads (bench.threads.decide(): usable cores minus busy ones).
 
-Sharing (--share-steps > 0): a first run steps until told to stop; after its warm-up and a second
-of steps alone, a second run starts (a fresh process, as a second `bench run` would), warms up and
+Sharing (--share-steps > 0): a first run steps until told to stop; after its warm-up and
+ALONE_STEPS steps alone, a second run starts (a fresh process, as a second `bench run` would), warms up and
 times --share-steps steps. Each run's images/s beside the other is set against its own alone: the
 first's steps before the second started, the second's from a run of its own on the idle machine.
 Both orders of adaptive and forced (all usable cores) threads.
@@ -27,6 +27,7 @@ import sys
 import time
 
 BUSY_LOOP = "while True: pass"
+ALONE_STEPS = 3  # steps the first run takes alone before the second starts
 
 
 def _stop_asked() -> bool:
@@ -55,6 +56,8 @@ def worker(threads: str, steps: int, until_told: bool = False) -> None:
     while (len(ends) < steps) if not until_told else not _stop_asked():
         model.train_step(x, optimizers, 5 + len(ends))
         ends.append(time.time())
+        if until_told:
+            print(json.dumps({"end": ends[-1]}), flush=True)
     img_s = len(ends) * 128 / (ends[-1] - start) if ends else float("nan")
     print(json.dumps({"threads": choice.threads, "img_s": img_s, "start": start, "ends": ends}))
 
@@ -85,8 +88,8 @@ def share(first: str, second: str, steps: int) -> dict:
     lead = subprocess.Popen(_command(first, 0, True), env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True)  # fmt: skip
     try:
-        warm = json.loads(lead.stdout.readline())["warm"]
-        time.sleep(max(0.0, warm + 1.0 - time.time()))  # a second of steps alone
+        for _ in range(1 + ALONE_STEPS):  # the warm-up's line, then those of the steps alone
+            lead.stdout.readline()
         joined = time.time()
         late = measure(second, steps)
         lead.stdin.write("stop\n")
@@ -108,7 +111,8 @@ def sharing_table(cores: int, steps: int) -> None:
     forced = str(cores)
     alone = {p: measure(p, steps)["img_s"] for p in ("auto", forced)}
     name = {"auto": "adaptive", forced: f"--threads {forced}"}
-    print(f"\ntwo runs: the second starts after the first's warm-up and 1 s of steps, {steps} timed steps\n")
+    start = f"the second starts after the first's warm-up and {ALONE_STEPS} steps"
+    print(f"\ntwo runs: {start}, {steps} timed steps\n")
     print("| first | second | threads | first: alone -> beside | second: alone -> beside |")
     print("|---|---|---|---|---|")
     for first, second in (("auto", "auto"), (forced, forced), ("auto", forced), (forced, "auto")):
