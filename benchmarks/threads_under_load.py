@@ -139,9 +139,11 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     policies = [str(cores), "1", "auto"] if cores > 1 else ["1", "auto"]
     print(f"quick VAE train_step, batch 128, {args.steps} timed steps, {cores} usable cores\n")
-    print("| busy processes | " + " | ".join(p if p != "auto" else "adaptive" for p in policies) + " |")
-    print("|---" * (len(policies) + 1) + "|")
-    for n_busy in (int(b) for b in args.busy.split(",") if b):
+    busy = [int(b) for b in args.busy.split(",") if b]
+    if busy:
+        print("| busy processes | " + " | ".join(p if p != "auto" else "adaptive" for p in policies) + " |")
+        print("|---" * (len(policies) + 1) + "|")
+    for n_busy in busy:
         loops = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(n_busy)]
         try:
             time.sleep(1.0)  # let them show in /proc/stat
