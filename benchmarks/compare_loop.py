@@ -6,7 +6,7 @@
 Both ways train a fresh quick-profile model (models.build(name, "quick"), same seed, the profile's
 batch size unless --batch-size is given) for --warmup untimed then --steps timed steps, in one
 process, with the thread count `bench run` would pick now (--threads forces one): the settings the
-quick profile runs with (it does not compile on the CPU, see the README):
+quick profile runs with (the quick VAE and DCGAN do not compile on the CPU, see the README):
 
   plain     torchvision.datasets.MNIST(transform=ToTensor()) through a DataLoader(shuffle=True), each
             float batch turned back into the uint8 the model interface takes, then model.train_step.

@@ -24,6 +24,8 @@ def cost(ctx: EvalContext) -> dict[str, Value]:
         "device": summary.get("device", str(ctx.device)),  # where it trained (bench eval may score elsewhere)
         "device_name": summary.get("device_name"),
         "precision": summary.get("precision"),
+        # torch.compile of the training step (bench.engine.device.compile_choice)
+        "compile": summary.get("compile"),
         "batch_size": summary.get("batch_size"),
     }
     missing = "not trained by genbench in this run"

@@ -224,6 +224,10 @@ class GenerativeModel(nn.Module, abc.ABC):
     invertible: ClassVar[bool] = False
     can_interpolate: ClassVar[bool] = False
     has_decoder: ClassVar[bool] = False
+    # CPU training steps after which torch.compile has paid for its compile time (measured on the quick
+    # step, benchmarks/compile_gain.py); None: it does not pay on the CPU. bench.engine.device.compile_choice
+    # turns --compile on by default for a CPU run with at least twice this many steps.
+    cpu_compile_break_even: ClassVar[int | None] = None
     Config: ClassVar[type]
     profiles: ClassVar[dict[str, Profile]]
 

@@ -135,10 +135,11 @@ class GatedLayer(nn.Module):
         )
         self.h_out = RowConv(channels, channels, 1, channel_mask(groups, groups, own=True))
 
-    def vertical(self, v: Tensor) -> tuple[Tensor, Tensor]:
+    def vertical(self, v: Tensor, pad: bool = True) -> tuple[Tensor, Tensor]:
         """Next vertical features and the pre-activation the horizontal stack reads.
-        Output row r depends on input rows r-half..r only."""
-        pre = self.v_conv(F.pad(v, (self.half, self.half, self.half, 0)))  # (B, 2C, H, W)
+        Output row r depends on input rows r-half..r only. ``pad`` False: ``v`` already holds the
+        ``half`` rows above its first output row (zeros above the image), as the sampler's cache does."""
+        pre = self.v_conv(F.pad(v, (self.half, self.half, self.half if pad else 0, 0)))  # (B, 2C, H', W)
         return gate(pre), pre
 
     def link(self, pre: Tensor) -> Tensor:
@@ -146,12 +147,13 @@ class GatedLayer(nn.Module):
         rows < i only."""
         return self.v_to_h(shift_down(pre))  # (B, 2C, H, W)
 
-    def horizontal(self, h: Tensor, link: Tensor) -> Tensor:
+    def horizontal(self, h: Tensor, link: Tensor, pad: bool = True) -> Tensor:
         """Next horizontal features. Output column c depends on input columns c-width+1..c (column c
-        through the channel mask) and on ``link`` at column c."""
-        pre = self.h_conv(F.pad(h, (self.width - 1, 0, 0, 0))) + link  # (B, 2C, H, W)
-        out = self.h_out(gate(pre))  # (B, C, H, W)
-        return out if self.first else h + out
+        through the channel mask) and on ``link`` at column c. ``pad`` False: ``h`` already holds the
+        ``left_reach`` columns before its first output column (the sampler's one-column window)."""
+        pre = self.h_conv(F.pad(h, (self.width - 1 if pad else 0, 0, 0, 0))) + link  # (B, 2C, H, W')
+        out = self.h_out(gate(pre))  # (B, C, H, W')
+        return out if self.first else h[..., h.shape[-1] - out.shape[-1] :] + out
 
     @property
     def left_reach(self) -> int:
@@ -280,51 +282,58 @@ class PixelCNN(GenerativeModel):
     def _sample(self, n: int, generator: torch.Generator | None, keep_logits: bool = False):
         """Samples, and (if ``keep_logits``) the (n, levels, C, H, W) logits each value was drawn from.
 
-        Caches hold every layer's output so far. After an image row is complete, each layer computes
-        that row of the vertical stack from the ``half + 1`` rows that determine it; for each pixel and
-        channel, each layer computes one column of the horizontal stack from the ``left_reach + 1``
-        columns that determine it (recomputed per channel: channel k's features at the current pixel
-        read channels < k there). Windows narrower than the image get the same zero padding as the
-        full pass, so the arithmetic per value is the full pass's arithmetic.
+        The caching of Ramachandran et al. (2017, "Fast Generation for Convolutional Autoregressive
+        Models"): every layer keeps the outputs it computed so far (with the zero rows above and
+        columns to the left that the full pass pads with) and computes each new output once, from
+        the cached inputs that determine it: one row of each vertical stack when an image row is
+        complete, one column of each horizontal stack per pixel. No output is computed twice, so a
+        sample costs the FLOPs of one full forward pass (tests/test_compute.py), each value by the
+        full pass's arithmetic on the same inputs. What stays sequential is theirs too: H*W*C
+        evaluations of one pixel, each ~20 small operations, so at a CPU's batch the Python and
+        dispatch per operation cost about as much as the arithmetic. With several image channels,
+        a pixel's columns are recomputed for each channel k (channel k's maps read channels < k at
+        the pixel, by the channel masks); PixelCNN++, their model, draws a pixel's channels at once.
         """
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
         channels, height, width = self.image_shape
-        levels, device = self.config.levels, self.device
-        dtype = self.head[-1].weight.dtype
-        c = self.config.hidden_channels
+        levels, c = self.config.levels, self.config.hidden_channels
+        dtype, device = self.head[-1].weight.dtype, self.device
+
+        def zeros(maps: int, rows: int, columns: int) -> Tensor:
+            return torch.zeros(n, maps, rows, columns, dtype=dtype, device=device)
+
+        top = max(layer.half for layer in self.layers)  # zero rows above the image in each vertical cache
+        left = max(layer.left_reach for layer in self.layers)  # zero columns left of each row cache
         x = torch.zeros(n, channels, height, width, dtype=torch.uint8, device=device)
-        # verticals[l]: input of layer l's vertical stack, filled row by row as image rows complete;
+        # verticals[l]: input of layer l's vertical stack, image row i at top + i, filled as rows complete;
         # verticals[0] is the scaled image. The last layer's vertical output feeds nothing.
-        verticals = [torch.zeros(n, channels, height, width, dtype=dtype, device=device)]
-        verticals += [torch.zeros(n, c, height, width, dtype=dtype, device=device) for _ in self.layers[1:]]
-        pres = [torch.zeros(n, 2 * c, 1, width, dtype=dtype, device=device) for _ in self.layers]
+        verticals = [zeros(channels, top + height, width)] + [
+            zeros(c, top + height, width) for _ in self.layers[1:]
+        ]
+        pres = [zeros(2 * c, 1, width) for _ in self.layers]  # each layer's vertical pre-activation, last row
         kept = torch.zeros(n, levels, channels, height, width, device=device) if keep_logits else None
         for i in range(height):
             # Row i reads the vertical pre-activations of row i-1 (zeros for row 0, as shift_down pads).
             links = [layer.v_to_h(pre) for layer, pre in zip(self.layers, pres, strict=True)]  # (n, 2C, 1, W)
-            # rows[l]: input of layer l's horizontal stack on row i; rows[0] is the image row itself.
-            rows = [verticals[0][:, :, i : i + 1]] + [
-                torch.zeros(n, c, 1, width, dtype=dtype, device=device) for _ in self.layers
-            ]
-            for j in range(width):
+            # rows[l]: input of layer l's horizontal stack on row i, column j at left + j; rows[0]: the image.
+            rows = [zeros(channels, 1, left + width)] + [zeros(c, 1, left + width) for _ in self.layers]
+            for j, at in enumerate(range(left, left + width)):
                 for k in range(channels):
                     for l, layer in enumerate(self.layers):
-                        start = max(0, j - layer.left_reach)
-                        window = layer.horizontal(rows[l][..., start : j + 1], links[l][..., start : j + 1])
-                        rows[l + 1][..., j] = window[..., -1]
-                    logits = self._logits_of(rows[-1][..., j : j + 1])[:, :, k, 0, 0].float()  # (n, levels)
+                        window = rows[l][..., at - layer.left_reach : at + 1]  # (n, C_in, 1, left_reach + 1)
+                        column = layer.horizontal(window, links[l][..., j : j + 1], pad=False)  # (n, C, 1, 1)
+                        rows[l + 1][..., at] = column[..., 0]
+                    logits = self._logits_of(rows[-1][..., at : at + 1])[:, :, k, 0, 0].float()  # (n, levels)
                     if kept is not None:
                         kept[:, :, k, i, j] = logits
-                    value = torch.multinomial(F.softmax(logits, dim=1), 1, generator=generator).squeeze(
-                        1
-                    )  # (n,)
+                    value = torch.multinomial(F.softmax(logits, dim=1), 1, generator=generator)[:, 0]  # (n,)
                     x[:, k, i, j] = value.to(torch.uint8)
-                    rows[0][:, k, 0, j] = self.scale(value).to(dtype)  # rows[0] is a view of verticals[0]
+                    rows[0][:, k, 0, at] = self.scale(value).to(dtype)
+            verticals[0][:, :, top + i] = rows[0][:, :, 0, left:]
             for l, layer in enumerate(self.layers):
-                window = verticals[l][:, :, max(0, i - layer.half) : i + 1]  # (n, C_in, <= half + 1, W)
-                v, pre = layer.vertical(window)  # (n, C, rows, W), (n, 2C, rows, W)
+                window = verticals[l][:, :, top + i - layer.half : top + i + 1]  # (n, C_in, half + 1, W)
+                v, pres[l] = layer.vertical(window, pad=False)  # (n, C, 1, W), (n, 2C, 1, W)
                 if l + 1 < len(verticals):
-                    verticals[l + 1][:, :, i] = v[:, :, -1]
-                pres[l] = pre[:, :, -1:]
+                    verticals[l + 1][:, :, top + i] = v[:, :, 0]
         return x, kept

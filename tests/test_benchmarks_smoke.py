@@ -146,3 +146,13 @@ def test_flops_table_rows_hold_the_counts_a_run_records():
     text = flops_table.main(["--models", "gan", "--profile", "smoke", "--steps", "1"])
     line = next(x for x in text.splitlines() if x.startswith("| gan"))
     assert f"{row.flops_per_step:.3g}" in line and "n/a" in line and "%" in line
+
+
+def test_sharing_rates_count_the_steps_inside_each_window():
+    """A run's images/s beside another: the steps that ended inside the window, from the end of the
+    step before it (128 images a step)."""
+    load = _load("threads_under_load")
+    ends = [1.0, 2.0, 3.0, 3.5, 4.0, 4.5, 6.0]
+    assert load._rate(ends, 0.0, 2.5) == 2 * 128 / 2.0  # alone: from its start to the second step
+    assert load._rate(ends, 2.5, 4.5) == 4 * 128 / (4.5 - 2.0)
+    assert load._rate(ends, 6.5, 7.0) != load._rate(ends, 6.5, 7.0)  # no step inside: nan

@@ -216,6 +216,8 @@ def test_a_compute_budget_run_records_budget_steps_and_flops(tmp_path):
     assert metrics["train_flops"]["value"] == steps["value"] * flops["value"]
     assert 0 < metrics["utilization"]["value"] and metrics["peak_flops_per_s"]["protocol"]["source"]
     images_per_s = metrics["train_images_per_s"]["value"]
+    assert metrics["train_images_per_s"]["protocol"]["compile"] is False  # a budget run stays eager
+    assert json.loads((run_dir / "config.json").read_text())["compile"] is False
     rate = flops["value"] / plan.train_config.batch_size * images_per_s
     assert metrics["train_flops_per_s"]["value"] == pytest.approx(rate)
     for key in [k for k in metrics if k.startswith("sample_flops")]:

@@ -91,6 +91,8 @@ def test_reevaluation_has_its_own_protocol_and_the_runs_own_numbers(run_dir, ree
     assert m["bpd"]["value"] == pytest.approx(o["bpd"]["value"], rel=1e-6)
     for key in ("train_images_per_s", "peak_memory_mb", "wall_time_s"):  # training cost: the run's own
         assert m[key]["value"] == o[key]["value"] is not None, key
+    compiled = [d["train_images_per_s"]["protocol"]["compile"] for d in (m, o)]
+    assert compiled == [False, False]  # as the run trained (config.json), not as bench eval runs
 
 
 def test_reevaluating_a_budgeted_run_keeps_its_budget_in_the_protocol(tmp_path, data):

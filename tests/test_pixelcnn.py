@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from model_utils import optimizers_for
 
 from genbench import models
+from genbench.metrics.compute import likelihood_flops, sample_flops
 from genbench.models.base import build
 from genbench.models.pixelcnn import PixelCNN, PixelCNNConfig
 
@@ -154,6 +155,15 @@ def test_windowed_sampling_uses_exactly_the_full_forward_logits(dtype, channels)
     with torch.no_grad():
         full = model.logits(samples)
     torch.testing.assert_close(kept, full, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernels", [(3, 3), (7, 3), (5, 5)])
+def test_a_sample_costs_exactly_one_full_forward_pass(kernels):
+    """Ramachandran et al.'s caching: each layer computes every output once, so the counted FLOPs of
+    sampling one image are those of the network's full pass over it (the likelihood's count)."""
+    model = tiny(first_kernel_size=kernels[0], kernel_size=kernels[1]).eval()
+    x = model.sample(2, torch.Generator().manual_seed(0))
+    assert sample_flops(model, None) == likelihood_flops(model, x[:1]) > 0
 
 
 def naive_sample(model: PixelCNN, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -39,12 +39,48 @@ def test_forced_then_environment_then_resumed_then_load(monkeypatch):
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     monkeypatch.setattr(threads, "busy_cores", lambda: 1.0)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert threads.decide(forced=5, recorded=4) == threads.ThreadChoice(5, 2, None, "--threads")
+    assert threads.decide(forced=5, recorded=4) == threads.ThreadChoice(5, 2, 1.0, "--threads")
     assert threads.decide(recorded=4).reason == "OMP_NUM_THREADS" and threads.decide().threads == 3
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert threads.decide(recorded=4) == threads.ThreadChoice(4, 2, None, "resumed run")
     assert threads.decide() == threads.ThreadChoice(1, 2, 1.0, "load")
     assert threads.decide(share=2).threads == 1  # two ranks on two cores: one each, load not read
+
+
+@pytest.mark.parametrize(
+    "threads_,usable,busy,says",
+    [(2, 2, 1.0, True), (2, 2, 0.4, False), (1, 2, 1.0, False), (3, 2, 0.0, True), (6, 8, 2.2, False),
+     (7, 8, 2.2, True), (2, 2, None, False)],
+)  # fmt: skip
+def test_a_forced_count_above_the_free_cores_gets_one_line(threads_, usable, busy, says):
+    forced = threads.ThreadChoice(threads_, usable, busy, "--threads")
+    note = forced.note()
+    assert (note is not None) == says
+    if says:
+        free = threads.choose(usable, busy)
+        assert "\n" not in note and f"asks for {threads_} threads, but only {free} of {usable}" in note
+    assert threads.ThreadChoice(threads_, usable, busy, "load").note() is None  # only a user's count
+
+
+def test_run_says_when_forced_threads_oversubscribe(tmp_path, monkeypatch, mnist_dir):
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "busy_cores", lambda: 1.0)  # one core free at the start
+    before = torch.get_num_threads()
+    try:
+        result = invoke(
+            "run", "--models", "gan", "--profile", "smoke", "--out", tmp_path, "--name", "t",
+            "--max-steps", "1", "--n-samples", "32", "--allow-few-samples", "--no-progress",
+            "--data-dir", mnist_dir, "--threads", "2",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        notes = [line for line in result.stderr.splitlines() if line.startswith("note: --threads")]
+        assert notes == [notes[0]] and "asks for 2 threads, but only 1 of 2" in notes[0]
+        assert "on cpu, 2 threads ->" in result.stderr  # it still does what it was told
+        config = json.loads((tmp_path / "gan-smoke-s0-t" / "config.json").read_text())
+        assert config["threads"] == {"threads": 2, "usable": 2, "busy": 1.0, "reason": "--threads"}
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_run_records_its_choice_and_resume_keeps_it(tmp_path, monkeypatch, mnist_dir):

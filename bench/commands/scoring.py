@@ -167,6 +167,7 @@ def training_summary(run_dir: Path, config: dict[str, Any], plan, state: dict[st
         WALL_TIME.key: state.get("wall_time_s"),
         "batch_size": plan.train_config.batch_size,
         "precision": config.get("precision"),
+        "compile": config.get("compile"),
         "device_name": config.get("device_name"),
         "steps": state.get("step"),
     }

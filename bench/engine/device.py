@@ -7,7 +7,7 @@ import contextlib
 import torch
 
 from genbench.core.errors import UserError
-from genbench.models.base import GenerativeModel
+from genbench.models.base import GenerativeModel, TrainConfig
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -59,6 +59,31 @@ def exact_fp32():
     finally:
         torch.set_float32_matmul_precision(matmul)
         torch.backends.cudnn.allow_tf32 = cudnn
+
+
+COMPILE_MARGIN = 2  # a CPU run compiles by default at this many times its family's break-even steps
+
+
+def compile_choice(
+    family: type[GenerativeModel], device: torch.device, cfg: TrainConfig, requested: bool | None
+) -> tuple[bool, str]:
+    """Whether a run compiles its training step, and why (config.json and the training protocol):
+    --compile/--no-compile when given; else on the CPU where the family's measured break-even
+    (``GenerativeModel.cpu_compile_break_even``) is at most half the run's fixed step count; else off.
+    A budget run's steps are not known before it starts, so it stays eager unless told."""
+    if requested is not None:
+        return requested, "--compile" if requested else "--no-compile"
+    break_even = family.cpu_compile_break_even
+    if device.type != "cpu" or break_even is None:
+        return False, f"default off: {family.name} is not compiled by default on {device.type}"
+    if cfg.time_budget_s is not None or cfg.compute_budget is not None:
+        return False, "default off: a budget run's steps are not known before it starts"
+    if cfg.max_steps is not None and cfg.max_steps < COMPILE_MARGIN * break_even:
+        return False, (
+            f"default off: {cfg.max_steps} steps, under {COMPILE_MARGIN}x the {break_even} after which "
+            f"compiling pays for {family.name} on a CPU"
+        )
+    return True, f"default on: compiling pays for {family.name} on a CPU after about {break_even} steps"
 
 
 def prepare_model(

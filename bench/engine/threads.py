@@ -11,8 +11,10 @@ number (``--threads``, or ``OMP_NUM_THREADS`` in the environment), each run take
 measured from /proc/stat over three short windows just before each run starts (the least of them:
 a program holding a core shows in all three, one starting or exiting in one; where /proc/stat is
 not readable: every usable core); a job of several runs checks again before each. The choice and
-what it was based on are recorded in config.json. A thread count can change the last bits of a CPU
-result (the order of a parallel sum), so a resumed run takes the count recorded in its config.json.
+what it was based on are recorded in config.json; a forced count that is more than the cores free at
+the start gets one line saying so (``ThreadChoice.note``), and the run still takes it. A thread
+count can change the last bits of a CPU result (the order of a parallel sum), so a resumed run takes
+the count recorded in its config.json.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 
 PROC_STAT = Path("/proc/stat")
+FORCED = ("--threads", "OMP_NUM_THREADS")  # the reasons that are the user's, not the load's
 WINDOW_S = 0.2  # long enough for a busy core to show (20 jiffies a core), short against start-up
 WINDOWS = 3
 
@@ -38,6 +41,21 @@ class ThreadChoice:
 
     def record(self) -> dict[str, object]:
         return dataclasses.asdict(self)
+
+    def note(self) -> str | None:
+        """One line when a forced count asks for more threads than the cores free at the start (the
+        run still takes it), else None."""
+        if self.reason not in FORCED or self.busy is None:
+            return None
+        free = choose(self.usable, self.busy)
+        if self.threads <= free:
+            return None
+        return (
+            f"note: {self.reason} asks for {self.threads} threads, but only {free} of {self.usable} usable "
+            f"cores are free now ({self.busy:.1f} busy with other processes); the run takes {self.threads} "
+            "as told, and each thread that shares a core runs at that core's pace (without --threads and "
+            "OMP_NUM_THREADS a run takes the free cores)"
+        )
 
 
 def usable_cores() -> int:
@@ -101,14 +119,15 @@ def decide(forced: int | None = None, recorded: int | None = None, share: int = 
     from the current load. ``share``: processes of this run on the machine (data-parallel ranks
     start together, so each takes its part of the cores rather than measuring the others)."""
     usable = max(1, usable_cores() // share)
-    if forced is not None:
-        return ThreadChoice(forced, usable, None, "--threads")
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return ThreadChoice(int(env), usable, None, "OMP_NUM_THREADS")
-    if recorded is not None:
+    env_threads = int(env) if env.isdigit() and int(env) > 0 else None
+    if forced is None and env_threads is None and recorded is not None:
         return ThreadChoice(recorded, usable, None, "resumed run")
-    busy = busy_cores() if share == 1 else None
+    busy = busy_cores() if share == 1 else None  # a forced count too: ThreadChoice.note compares
+    if forced is not None:
+        return ThreadChoice(forced, usable, busy, "--threads")
+    if env_threads is not None:
+        return ThreadChoice(env_threads, usable, busy, "OMP_NUM_THREADS")
     return ThreadChoice(
         choose(usable, busy), usable, busy, "load" if busy is not None else "all usable cores"
     )

@@ -72,7 +72,7 @@ class RunOptions:
 
     device: torch.device
     precision: str = "fp32"
-    compile: bool = False
+    compile: bool | None = None  # None: the family's default (bench.engine.device.compile_choice)
     progress: bool = True
     warmup_steps: int = 5  # steps excluded from the throughput figure (allocator, cudnn autotune, compile)
     processes: int = 1  # data-parallel ranks (torchrun): the same global batches, each rank a slice
@@ -327,6 +327,7 @@ class Trainer(InRunEvaluation):
             "wall_time_s": state.wall_time_s,
             "batch_size": self.cfg.batch_size,
             "precision": self.options.precision,
+            "compile": bool(self.options.compile),
             "device": str(self.options.device),
             "device_name": device_name(self.options.device),
             "processes": world_size(),

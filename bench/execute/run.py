@@ -29,7 +29,7 @@ import torch
 from genbench.bench.engine import distributed, threads
 from genbench.bench.engine.checkpoint import load_checkpoint
 from genbench.bench.engine.data import Dataset, DatasetSpec, load_dataset, resolve_data_dir
-from genbench.bench.engine.device import prepare_model, resolve_device, resolve_precision
+from genbench.bench.engine.device import compile_choice, prepare_model, resolve_device, resolve_precision
 from genbench.bench.engine.evaluate import evaluate, metrics_document, protocol_block
 from genbench.bench.engine.ladder import rung_evaluation
 from genbench.bench.engine.timing import threads_text
@@ -143,7 +143,9 @@ def execute(
             ckpt = load_checkpoint(checkpoint, plan.identity()) if resume and checkpoint.exists() else None
             torch.manual_seed(plan.seed)  # weight init
             cls = get_model_class(plan.model)
-            model = prepare_model(construct(cls, plan.model_config), options.device, options.compile)
+            compiled, _ = compile_choice(cls, options.device, plan.train_config, options.compile)
+            options = dataclasses.replace(options, compile=compiled)  # the train summary records it
+            model = prepare_model(construct(cls, plan.model_config), options.device, compiled)
             trainer = Trainer(
                 model,
                 data,
@@ -402,6 +404,9 @@ def _run_targets(
             where = str(options.device)
             if options.threads:
                 where += f", {threads_text(options.threads['threads'])}"
+                note = threads.ThreadChoice(**options.threads).note()
+                if note:
+                    logger.warning(note)
             logger.info(
                 f"{_position(i, len(targets.runs), time.monotonic() - began)}{run_plan.model} seed "
                 f"{run_plan.seed} ({run_plan.profile}) on {where} -> {run_dir}"

@@ -16,7 +16,7 @@ from genbench.bench.engine.data import (
     DatasetSpec,
     get_dataset_spec,
 )
-from genbench.bench.engine.device import PRECISIONS
+from genbench.bench.engine.device import PRECISIONS, compile_choice
 from genbench.bench.engine.timing import device_name
 from genbench.bench.engine.train import RunOptions
 from genbench.bench.planning import overrides as typed
@@ -149,6 +149,12 @@ def plan_from_config(config: dict[str, Any]) -> RunPlan:
     )
 
 
+def _compile_record(plan: RunPlan, options: RunOptions) -> dict[str, Any]:
+    family = get_model_class(plan.model)
+    on, why = compile_choice(family, options.device, plan.train_config, options.compile)
+    return {"compile": on, "compile_reason": why}
+
+
 def describe(plan: RunPlan, options: RunOptions) -> dict[str, Any]:
     """The resolved config as data (config.json, and --dry-run's output)."""
     return as_data(
@@ -162,7 +168,7 @@ def describe(plan: RunPlan, options: RunOptions) -> dict[str, Any]:
             "device": options.device.type,
             "device_name": device_name(options.device),
             "precision": options.precision,
-            "compile": options.compile,
+            **_compile_record(plan, options),
             "tensorboard": options.tensorboard,
             "processes": options.processes,
             "threads": options.threads,

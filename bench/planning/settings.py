@@ -59,9 +59,11 @@ class RunSettings:
         "auto", "--precision", type=click.Choice(["auto", "fp32", "bf16"]),
         help="Training precision; auto = bf16 on CUDA, fp32 elsewhere. Evaluation is always fp32.",
     )  # fmt: skip
-    compile: bool = _setting(
-        False, "--compile", "compile", is_flag=True, help="torch.compile the model's networks."
-    )
+    compile: bool | None = _setting(
+        None, "--compile/--no-compile", "compile",
+        help="torch.compile the training step, or not.  [default: on the CPU for the families where it "
+        "pays within the run's steps (see README, CPU speed), else off; config.json says which and why]",
+    )  # fmt: skip
     threads: int | None = _setting(
         None, "--threads", type=click.IntRange(min=1), callback=_parse_threads,
         help="CPU threads for torch.  [default: the usable cores other programs leave free, measured "
