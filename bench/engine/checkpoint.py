@@ -69,27 +69,34 @@ def save_checkpoint(
     )
 
 
-def load_checkpoint(path: Path, identity: dict) -> dict:
-    """Read a checkpoint safely (weights_only) and check it belongs to this run."""
+def _read(path: Path, missing: str, then: str) -> dict:
+    """A genbench checkpoint read safely (weights_only; a FIFO refused, not read forever), or one
+    line: ``missing`` when there is none, ``then`` (what to do) after any other problem."""
     try:
-        with open_regular(path) as f:  # a FIFO would be read forever
+        with open_regular(path) as f:
             ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except UserError:
         raise
     except FileNotFoundError:
-        raise UserError(
-            f"no checkpoint at {path}: the run stopped before its first checkpoint; start it again"
-        ) from None
+        raise UserError(f"no checkpoint at {path}: {missing}") from None
     except Exception as exc:
         raise UserError(
-            f"checkpoint {path} is truncated or not a genbench checkpoint ({type(exc).__name__}); "
-            "delete it and start the run again"
+            f"checkpoint {path} is truncated or not a genbench checkpoint ({type(exc).__name__}){then}"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(
-            f"checkpoint {path} is not a {CHECKPOINT_FORMAT} checkpoint (an older genbench wrote it?); "
-            "start the run again"
+            f"checkpoint {path} is not a {CHECKPOINT_FORMAT} checkpoint (an older genbench wrote it?){then}"
         )
+    return ckpt
+
+
+def load_checkpoint(path: Path, identity: dict) -> dict:
+    """Read a checkpoint safely (weights_only) and check it belongs to this run."""
+    ckpt = _read(
+        path,
+        "the run stopped before its first checkpoint; start it again",
+        "; delete it and start the run again",
+    )
     if ckpt.get("identity") != identity:
         theirs = ckpt.get("identity") or {}
         diff = sorted(k for k in set(identity) | set(theirs) if identity.get(k) != theirs.get(k))
@@ -118,19 +125,7 @@ def load_weights(path: Path, model, prefer_ema: bool = True, expect: dict | None
     the run kept them (what it was evaluated with). ``expect``: identity fields (family, dataset)
     the checkpoint must match, so that a checkpoint copied from another run is not scored as this
     one's. Returns the checkpoint's loop state."""
-    try:
-        with open_regular(path) as f:  # a FIFO would be read forever
-            ckpt = torch.load(f, map_location="cpu", weights_only=True)
-    except UserError:
-        raise
-    except FileNotFoundError:
-        raise UserError(f"no checkpoint at {path}: the run has not written one yet") from None
-    except Exception as exc:
-        raise UserError(
-            f"checkpoint {path} is truncated or not a genbench checkpoint ({type(exc).__name__})"
-        ) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"checkpoint {path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    ckpt = _read(path, "the run has not written one yet", "")
     theirs = ckpt.get("identity") if isinstance(ckpt.get("identity"), dict) else {}
     for key, value in (expect or {}).items():
         if key in theirs and theirs[key] != value:
