@@ -41,19 +41,27 @@ def check_possible(nll: Tensor, model, what: str) -> None:
         )
 
 
+# A trained model this much worse than a uniform coder has failed to train. Not any excess: a bound
+# or an estimate sits above the likelihood it bounds, and a few steps on data that is nearly noise
+# stay near log2(levels) from either side (a smoke diffusion bound on random CIFAR-format files: 10.2
+# bits/dim, PixelCNN 8.02 exact); a diverged run lands far beyond (diffusion at --lr 1: 43).
+UNIFORM_FACTOR = 1.5
+
+
 def check_trained(entries: dict, model) -> None:
-    """After training: the model's likelihood (exact, or a bound on it) no worse than a uniform
-    coder's, log2(levels) bits/dim (8 for 256 levels, 1 binarized), beyond three standard errors of
-    its estimate. Worse means training failed (a diverged run ends "done" at 43 bits/dim otherwise):
-    the run ends failed, like a diverged loss."""
+    """After training: the model's likelihood (exact, or a bound on it) no worse than UNIFORM_FACTOR
+    times a uniform coder's log2(levels) bits/dim (8 for 256 levels, 1 binarized), beyond three
+    standard errors of its estimate. Worse means training failed (a diverged run ends "done" at 43
+    bits/dim otherwise): the run ends failed, like a diverged loss."""
     found = entries.get(BPD.key) or {}
     if found.get("value") is None:
         return
     uniform = math.log2(model.levels)
-    if found["value"] - 3 * (found.get("stderr") or 0.0) > uniform * (1 + 1e-6):
+    if found["value"] - 3 * (found.get("stderr") or 0.0) > UNIFORM_FACTOR * uniform * (1 + 1e-6):
         raise ImpossibleLikelihood(
             f"{model.name}: {found['label']} {found['value']:.4g} after training is worse than a uniform "
-            f"coder's {uniform:g} bits/dim ({model.levels} levels); training failed: try a lower --lr"
+            f"coder's {uniform:g} bits/dim ({model.levels} levels) by over half again; training failed: "
+            "try a lower --lr"
         )
 
 

@@ -207,12 +207,13 @@ def _bpd(value: float, stderr: float | None = None) -> dict:
 def test_a_likelihood_worse_than_a_uniform_coder_after_training_is_a_failure(levels):
     model = models.build("pixelcnn", "smoke", levels=levels)[0]
     uniform = math.log2(levels)  # 8 bits/dim for 256 levels, 1 binarized
-    likelihood.check_trained(_bpd(uniform), model)  # no better than uniform, but not worse
-    likelihood.check_trained(_bpd(uniform + 0.03, stderr=0.01), model)  # within three standard errors
+    limit = likelihood.UNIFORM_FACTOR * uniform  # 12 and 1.5 bits/dim
+    likelihood.check_trained(_bpd(uniform + 0.5 * uniform), model)  # worse than uniform, not by half again
+    likelihood.check_trained(_bpd(limit + 0.03, stderr=0.01), model)  # within three standard errors
     likelihood.check_trained({"bpd": {"value": None}}, model)  # not computed: nothing to check
     worse = f"worse than a uniform coder's {uniform:g} bits/dim"
     with pytest.raises(likelihood.ImpossibleLikelihood, match=worse):
-        likelihood.check_trained(_bpd(uniform + 0.031, stderr=0.01), model)
+        likelihood.check_trained(_bpd(limit + 0.031, stderr=0.01), model)
 
 
 # --- what a run folder holds that is not its own ------------------------------------------------------------
