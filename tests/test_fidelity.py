@@ -111,7 +111,8 @@ def test_fid_refuses_fewer_samples_than_feature_dimensions(mnist_net):
 
 
 class FakeModel:
-    levels = 256  # its samples' pixel levels, as GenerativeModel states them
+    levels = 256  # its samples' pixel levels and shape, as GenerativeModel states them
+    image_shape = (1, 28, 28)
 
     def __init__(self, images: torch.Tensor) -> None:
         self.images, self.calls = images, 0
