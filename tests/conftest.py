@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,16 @@ def fake_loading(monkeypatch):
 
     data = fake_mnist(n_train=512, n_test=512)
     monkeypatch.setattr(run, "load_dataset", lambda *args, **kwargs: data)
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handler_restored(request):
+    """Every test starts with Python's own Ctrl-C handler, and one that leaves another behind fails:
+    tests of what a stop prints (and the subprocesses they start, which inherit an ignored SIGINT)
+    depend on it."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        pytest.fail(f"{request.node.nodeid} left SIGINT's handler {after!r} (was {before!r})", pytrace=False)
