@@ -108,7 +108,7 @@ def test_signal_during_evaluation_then_resume_gives_the_uninterrupted_numbers(
 
 @pytest.mark.xfail(
     strict=False,
-    reason="in the full suite's order only, SIGINT is not delivered here (cause not found; passes alone; see #29)",
+    reason="SIGINT not delivered here in the full suite's order only (cause not found; passes alone; #29)",
 )
 def test_ctrl_c_while_torch_imports_prints_no_traceback():
     proc = subprocess.Popen(
@@ -202,7 +202,7 @@ def test_signal_while_writing_metrics_leaves_no_half_result(tmp_path, data, monk
 
 @pytest.mark.xfail(
     strict=False,
-    reason="in the full suite's order only, SIGINT is not delivered here (cause not found; passes alone; see #29)",
+    reason="SIGINT not delivered here in the full suite's order only (cause not found; passes alone; #29)",
 )
 def test_signal_in_another_command_is_one_line(tmp_path, monkeypatch):
     from genbench.bench import report
