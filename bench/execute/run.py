@@ -118,6 +118,29 @@ def _record(run_dir: Path, status: str, reason: str | None) -> None:
         results.set_status(run_dir, status, reason)
 
 
+def _build_trainer(
+    plan: RunPlan, data: Dataset, options: RunOptions, run_dir: Path, cache_dir: Path | None
+) -> Trainer:
+    """The run's model (seeded weight init, compiled where the family's break-even says so, the
+    choice recorded in the train summary) and the loop that trains it."""
+    torch.manual_seed(plan.seed)  # weight init
+    cls = get_model_class(plan.model)
+    compiled, _ = compile_choice(cls, options.device, plan.train_config, options.compile)
+    options = dataclasses.replace(options, compile=compiled)  # the train summary records it
+    model = prepare_model(construct(cls, plan.model_config), options.device, compiled)
+    return Trainer(
+        model,
+        data,
+        plan.train_config,
+        plan.seed,
+        options,
+        run_dir / CHECKPOINT,
+        plan.identity(),
+        history=run_dir / "history.csv",
+        rung_evaluation=rung_evaluation(data, plan.eval_config, options.device, plan.seed, cache_dir),
+    )
+
+
 def execute(
     run_dir: Path,
     data: Dataset,
@@ -141,22 +164,8 @@ def execute(
                 results.set_status(run_dir, "running")
             # An interrupted or failed run that never wrote a checkpoint starts from step 0.
             ckpt = load_checkpoint(checkpoint, plan.identity()) if resume and checkpoint.exists() else None
-            torch.manual_seed(plan.seed)  # weight init
-            cls = get_model_class(plan.model)
-            compiled, _ = compile_choice(cls, options.device, plan.train_config, options.compile)
-            options = dataclasses.replace(options, compile=compiled)  # the train summary records it
-            model = prepare_model(construct(cls, plan.model_config), options.device, compiled)
-            trainer = Trainer(
-                model,
-                data,
-                plan.train_config,
-                plan.seed,
-                options,
-                checkpoint,
-                plan.identity(),
-                history=run_dir / "history.csv",
-                rung_evaluation=rung_evaluation(data, plan.eval_config, options.device, plan.seed, cache_dir),
-            )
+            trainer = _build_trainer(plan, data, options, run_dir, cache_dir)
+            model = trainer.model
             stop.phase = "training"
             state, summary = trainer.run(ckpt, stop)
             stop.phase = "evaluation"
