@@ -106,10 +106,6 @@ def test_signal_during_evaluation_then_resume_gives_the_uninterrupted_numbers(
     assert metric_values(run_dir) == reference["eval"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="SIGINT not delivered here in the full suite's order only (cause not found; passes alone; #29)",
-)
 def test_ctrl_c_while_torch_imports_prints_no_traceback():
     proc = subprocess.Popen(
         bench_cmd("list"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=subprocess_env(), text=True
@@ -200,10 +196,6 @@ def test_signal_while_writing_metrics_leaves_no_half_result(tmp_path, data, monk
     assert checkpoint_state(run_dir)["finished"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="SIGINT not delivered here in the full suite's order only (cause not found; passes alone; #29)",
-)
 def test_signal_in_another_command_is_one_line(tmp_path, monkeypatch):
     from genbench.bench import report
 
