@@ -84,9 +84,10 @@ def test_each_rung_is_evaluated_at_ceil_of_rung_over_flops_per_step(straight):
     per_step = summary["train_flops_per_step"]
     expected = [math.ceil(rung / per_step) for rung in cfg.compute_rungs]
     assert expected == [3, 6, 8]
-    assert [r["steps"] for r in state.ladder] == expected and state.step == expected[-1]
-    assert [r["compute"] for r in state.ladder] == list(cfg.compute_rungs)
-    assert [r["train_flops"] for r in state.ladder] == [s * per_step for s in expected]
+    # the loop evaluates the rungs before the last step; the last is the final evaluation's (below)
+    assert [r["steps"] for r in state.ladder] == expected[:-1] and state.step == expected[-1]
+    assert [r["compute"] for r in state.ladder] == list(cfg.compute_rungs[:-1])
+    assert [r["train_flops"] for r in state.ladder] == [s * per_step for s in expected[:-1]]
     for rung in state.ladder:
         bpd = rung["metrics"]["bpd"]
         assert bpd["value"] > 0 and bpd["kind"] == "estimate" and bpd["stderr"] > 0  # labelled
@@ -121,16 +122,28 @@ def test_a_run_killed_during_a_rung_resumes_to_the_same_rung_values(data, straig
     assert rung_values(state.ladder) == rung_values(reference.ladder)
 
 
-def test_ladder_in_metrics_json_and_one_point_per_rung_in_the_report_csv(data, tmp_path):
+def test_ladder_in_metrics_json_and_one_point_per_rung_in_the_report_csv(data, tmp_path, monkeypatch):
+    from genbench.bench.engine import ladder
+
     per_step = flops_per_step(data, 32)  # the smoke profile's batch
     rungs = (1.5 * per_step, 3.0 * per_step)
     out = tmp_path / "results"
+    rung_evaluations = []
+    evaluate = ladder.evaluate
+    monkeypatch.setattr(ladder, "evaluate", lambda *a, **k: rung_evaluations.append(1) or evaluate(*a, **k))
     run_dir = real_run(
         out, data, MODEL, "lad", train={"compute_budget": rungs}, evaluation={"ladder_samples": 32}
     )
     doc = read_json(run_dir / "metrics.json")
     assert [r["steps"] for r in doc["ladder"]] == [2, 3] and doc["metrics"]["steps"]["value"] == 3
     assert doc["protocol"]["compute_budget"] == list(rungs)
+    # The last rung is the final evaluation, evaluated once, with the ladder's sample count: its
+    # numbers are metrics.json's own; the loop evaluated only the first rung (likelihood, quality).
+    assert len(rung_evaluations) == 2 and doc["protocol"]["n_samples"] == 32
+    last = doc["ladder"][-1]
+    assert last["protocol"]["evaluation"] == "the run's final evaluation" and last["protocol"]["eval_seed"] == 0
+    assert set(last["metrics"]) == set(doc["ladder"][0]["metrics"]) >= {"bpd", "fid_mnist", "is_mnist"}
+    assert all(entry == doc["metrics"][key] for key, entry in last["metrics"].items())
     written = report.make_report(out, formats=("csv", "md"))
     csv = pd.read_csv(written.out_dir / "figures" / "ladder_smoke-cpu.csv")
     assert sorted(csv.metric.unique()) == ["FID (mnist)", "bits/dim"]

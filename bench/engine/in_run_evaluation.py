@@ -104,8 +104,9 @@ class InRunEvaluation:
         model as it is (its EMA weights where kept), and a checkpoint holding the rung's record."""
         state = self.state
         due = [i for i, s in enumerate(self.rung_steps) if s == state.step and i >= len(state.ladder)]
-        if self.rung_evaluation is None or not due:
-            return  # not a rung, or evaluated before the checkpoint this run resumed from
+        if self.rung_evaluation is None or not due or state.step >= self.total_steps:
+            return  # not a rung, evaluated before the checkpoint this run resumed from, or the last
+            # step's: the run's final evaluation is that rung's (bench.engine.ladder.final_rungs)
         self._write_checkpoint()
         self._share_buffers()
         for index in due:  # rungs closer than a step share it

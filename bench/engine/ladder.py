@@ -9,6 +9,11 @@ subset, as the final evaluation computes it) and FID and IS on ``EvalConfig.ladd
 before it and a resumed run evaluates only the rungs still to come; each rung's evaluation draws
 from its own seed (``rung_seed``), so its numbers do not depend on when the run was interrupted.
 metrics.json keeps the records as its "ladder" list.
+
+The last rung (and any other at the last trained step) is not evaluated in the loop: the run's final
+evaluation is its evaluation. A ladder run's final evaluation draws the ladder's sample count
+(``rung_config``, applied by the plan), so every point of the curve is measured alike and the model
+at the end of training is evaluated once, not twice (``final_rungs``).
 """
 
 from __future__ import annotations
@@ -16,15 +21,19 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from genbench.bench.engine.data import Dataset
 from genbench.bench.engine.evaluate import SampleCollapse, evaluate
 from genbench.core.distributed import derive_seed
+from genbench.metrics import METRICS
 from genbench.metrics.base import EvalConfig
 from genbench.models.base import GenerativeModel
+
+if TYPE_CHECKING:
+    from genbench.bench.engine.in_run_evaluation import InRunEvaluation
 
 STEPS_RULE = "steps = ceil(compute / train_flops_per_step)"
 
@@ -71,9 +80,16 @@ def rung_evaluation(
 
 
 def rung_record(
-    rung: float, steps: int, flops_per_step: int, seed: int, index: int, evaluated: dict[str, Any]
+    rung: float,
+    steps: int,
+    flops_per_step: int,
+    seed: int,
+    index: int,
+    evaluated: dict[str, Any],
+    final: bool = False,
 ) -> dict[str, Any]:
-    """One rung of metrics.json's "ladder": where it stands and what the model scored there."""
+    """One rung of metrics.json's "ladder": where it stands and what the model scored there.
+    ``final``: its numbers are the run's final evaluation's, drawn from the run's own seed."""
     return {
         "compute": rung,  # FLOPs: the rung as given
         "steps": steps,
@@ -81,7 +97,23 @@ def rung_record(
         "protocol": {
             "rule": STEPS_RULE,
             "train_flops_per_step": flops_per_step,
-            "eval_seed": rung_seed(seed, index),
+            "eval_seed": seed if final else rung_seed(seed, index),
+            **({"evaluation": "the run's final evaluation"} if final else {}),
         },
         **evaluated,
     }
+
+
+def final_rungs(trainer: InRunEvaluation, config: EvalConfig, entries: dict[str, Any]) -> list[dict]:
+    """The records of the rungs the trainer's loop left to the final evaluation (those it reached, at
+    the last trained step), from that evaluation's ``entries``: the numbers a rung measures
+    (``rung_metrics``), in every sample mode."""
+    likelihood, quality = rung_metrics(config, trainer.model)
+    keys = {o.key for name in (*likelihood, *quality) for o in METRICS[name].outputs}
+    measured = {key: e for key, e in entries.items() if key.split("[")[0] in keys}
+    state, flops, evaluated = trainer.state, trainer.compute["train_flops_per_step"], {"metrics": measured}
+    return [
+        rung_record(trainer.cfg.compute_rungs[i], state.step, flops, trainer.seed, i, evaluated, final=True)
+        for i in range(len(state.ladder), len(trainer.rung_steps))
+        if trainer.rung_steps[i] <= state.step
+    ]

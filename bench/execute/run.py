@@ -31,7 +31,7 @@ from genbench.bench.engine.checkpoint import load_checkpoint
 from genbench.bench.engine.data import Dataset, DatasetSpec, load_dataset, resolve_data_dir
 from genbench.bench.engine.device import compile_choice, prepare_model, resolve_device, resolve_precision
 from genbench.bench.engine.evaluate import evaluate, metrics_document, protocol_block
-from genbench.bench.engine.ladder import rung_evaluation
+from genbench.bench.engine.ladder import final_rungs, rung_evaluation
 from genbench.bench.engine.timing import threads_text
 from genbench.bench.engine.train import RunOptions, StopFlag, Trainer, TrainingInterrupted
 from genbench.bench.planning.overrides import tag
@@ -184,7 +184,8 @@ def execute(
                 time_budget_s=plan.train_config.time_budget_s, processes=world_size(),
                 compute_budget=plan.train_config.compute_budget, overrides=plan.overrides,
             )  # fmt: skip
-            report = metrics_document(config["run_id"], model, plan.seed, protocol, entries, state.ladder)
+            ladder = state.ladder + final_rungs(trainer, plan.eval_config, entries)  # the last rung's
+            report = metrics_document(config["run_id"], model, plan.seed, protocol, entries, ladder)
             if writer:
                 files.write_json(run_dir / "metrics.json", report)
                 results.set_status(run_dir, "done")

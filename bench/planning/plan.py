@@ -17,6 +17,7 @@ from genbench.bench.engine.data import (
     get_dataset_spec,
 )
 from genbench.bench.engine.device import PRECISIONS, compile_choice
+from genbench.bench.engine.ladder import rung_config
 from genbench.bench.engine.timing import device_name
 from genbench.bench.engine.train import RunOptions
 from genbench.bench.planning import overrides as typed
@@ -119,6 +120,8 @@ def plan(
         eval_config = typed.apply(eval_config, "eval", overrides)
         if eval_config.feature_networks is None:
             eval_config = dataclasses.replace(eval_config, feature_networks=spec.feature_networks[profile])
+        if isinstance(train_config.compute_budget, tuple):  # a ladder: its last rung is the final
+            eval_config = rung_config(eval_config)  # evaluation, measured like every other rung
     except ValueError as exc:
         given = f" with --set {' '.join(sets)}" if sets else ""
         raise UsageError(f"{cls.name} on {spec.name}{given}: {exc}") from None
