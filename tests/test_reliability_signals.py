@@ -20,7 +20,16 @@ from pathlib import Path
 import pytest
 import torch
 from cli_utils import invoke, one_line_error
-from reliability_utils import FAST, bench_cmd, fast_run, metric_values, preload, status, subprocess_env
+from reliability_utils import (
+    FAST,
+    assert_same_numbers,
+    bench_cmd,
+    fast_run,
+    metric_values,
+    preload,
+    status,
+    subprocess_env,
+)
 
 from genbench.bench.engine import train
 from genbench.core import files
@@ -103,7 +112,7 @@ def test_signal_during_evaluation_then_resume_gives_the_uninterrupted_numbers(
     trained = history.read_text()
     resume(run_dir)
     assert history.read_text() == trained  # the resume went straight to evaluation
-    assert metric_values(run_dir) == reference["eval"]
+    assert_same_numbers(metric_values(run_dir), reference["eval"])
 
 
 def test_ctrl_c_while_torch_imports_prints_no_traceback():
@@ -137,7 +146,7 @@ def test_signal_during_a_training_step_checkpoints_that_step(tmp_path, data, ref
     assert checkpoint_state(run_dir)["step"] == 2 and not checkpoint_state(run_dir)["finished"]
     monkeypatch.setattr(train.Trainer, "_step", original)
     resume(run_dir)
-    assert metric_values(run_dir) == reference["fast"]
+    assert_same_numbers(metric_values(run_dir), reference["fast"])
 
 
 def test_signal_during_a_checkpoint_write_lets_it_finish(tmp_path, data, monkeypatch):
@@ -179,7 +188,7 @@ def test_sigterm_stops_a_long_validation_at_once(tmp_path, data, reference, monk
     monkeypatch.setattr(train, "validate", original)
     resume(run_dir)
     assert "val" in (run_dir / "history.csv").read_text()
-    assert metric_values(run_dir) == reference["fast"]
+    assert_same_numbers(metric_values(run_dir), reference["fast"])
 
 
 def test_signal_while_writing_metrics_leaves_no_half_result(tmp_path, data, monkeypatch):
