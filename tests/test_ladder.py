@@ -141,7 +141,8 @@ def test_ladder_in_metrics_json_and_one_point_per_rung_in_the_report_csv(data, t
     # numbers are metrics.json's own; the loop evaluated only the first rung (likelihood, quality).
     assert len(rung_evaluations) == 2 and doc["protocol"]["n_samples"] == 32
     last = doc["ladder"][-1]
-    assert last["protocol"]["evaluation"] == "the run's final evaluation" and last["protocol"]["eval_seed"] == 0
+    assert last["protocol"]["evaluation"] == "the run's final evaluation"
+    assert last["protocol"]["eval_seed"] == 0
     assert set(last["metrics"]) == set(doc["ladder"][0]["metrics"]) >= {"bpd", "fid_mnist", "is_mnist"}
     assert all(entry == doc["metrics"][key] for key, entry in last["metrics"].items())
     written = report.make_report(out, formats=("csv", "md"))
