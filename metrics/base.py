@@ -101,14 +101,15 @@ EVAL_PROFILES: dict[str, EvalConfig] = {
         ais_select_images=4,
         ladder_samples=256,
     ),
-    # AIS at about 90k decoder evaluations (forward and backward) of one image per family: ~1 minute
-    # for the GAN, ~2 for the VAE on 2 idle CPU cores (README, "Likelihood")
+    # Bounded so that the main job (five families on one compute ladder) evaluates in minutes on 2 CPU
+    # cores: IWAE on 100 images (50,000 flow passes took 3 minutes on 500) and AIS on 20, each with
+    # its standard error; AIS at about 90k decoder evaluations (forward and backward) per image
     "quick": EvalConfig(
         n_test=2000,
         iwae_k=100,
-        iwae_images=500,
+        iwae_images=100,
         n_samples=1000,
-        ais_images=50,
+        ais_images=20,
         ais_chains=4,
         ais_steps=100,
         ais_leapfrog=3,
