@@ -187,9 +187,9 @@ class Glow(RealNVP):
 
     Config = GlowConfig
     profiles = {"smoke": _smoke, "quick": _quick, "full": _full}
-    # benchmarks/compile_gain.py, quick step of 32 on 2 threads of a loaded 2-core machine: 6.57 s eager,
-    # 5.51 s compiled (1.19x), 405 s of compile: paid after 382 steps of the quick run's 1000.
-    cpu_compile_break_even = 382
+    # benchmarks/compile_gain.py, quick step of 32 on 2 threads: idle, 57 ms eager, 50 ms compiled
+    # (1.14x) and 19 s of compile, paid after ~2,700 steps; on a loaded machine 382 (RealNVP's note).
+    cpu_compile_break_even = 2700
 
     def __init__(self, config: GlowConfig) -> None:
         # RealNVP.__init__ builds RealNVP's own layers; Glow builds its levels, with the same
