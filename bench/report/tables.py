@@ -154,6 +154,8 @@ def format_value(value: Any) -> str:
         return ", ".join(f"{k} {format_value(v)}" for k, v in value.items()) or "none"
     if isinstance(value, list):
         return "(" + ", ".join(format_value(v) for v in value) + ")"
+    if isinstance(value, float):
+        return f"{value:g}"  # a compute budget of 1e+12 FLOPs, not 1000000000000.0
     return str(value)
 
 
