@@ -110,7 +110,7 @@ def final_rungs(trainer: InRunEvaluation, config: EvalConfig, entries: dict[str,
     (``rung_metrics``), in every sample mode."""
     likelihood, quality = rung_metrics(config, trainer.model)
     keys = {o.key for name in (*likelihood, *quality) for o in METRICS[name].outputs}
-    measured = {key: e for key, e in entries.items() if key.split("[")[0] in keys}
+    measured = {key: e for key, e in entries.items() if e["column"] in keys}  # in every sample mode
     state, flops, evaluated = trainer.state, trainer.compute["train_flops_per_step"], {"metrics": measured}
     return [
         rung_record(trainer.cfg.compute_rungs[i], state.step, flops, trainer.seed, i, evaluated, final=True)
