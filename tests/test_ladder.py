@@ -136,6 +136,8 @@ def test_ladder_in_metrics_json_and_one_point_per_rung_in_the_report_csv(data, t
     )
     doc = read_json(run_dir / "metrics.json")
     assert [r["steps"] for r in doc["ladder"]] == [2, 3] and doc["metrics"]["steps"]["value"] == 3
+    assert [r["compute"] for r in doc["ladder"]] == list(rungs)
+    assert [r["train_flops"] for r in doc["ladder"]] == [2 * per_step, 3 * per_step]
     assert doc["protocol"]["compute_budget"] == list(rungs)
     # The last rung is the final evaluation, evaluated once, with the ladder's sample count: its
     # numbers are metrics.json's own; the loop evaluated only the first rung (likelihood, quality).
@@ -146,6 +148,8 @@ def test_ladder_in_metrics_json_and_one_point_per_rung_in_the_report_csv(data, t
     assert set(last["metrics"]) == set(doc["ladder"][0]["metrics"]) >= {"bpd", "fid_mnist", "is_mnist"}
     assert all(entry == doc["metrics"][key] for key, entry in last["metrics"].items())
     written = report.make_report(out, formats=("csv", "md"))
+    budget = ", ".join(f"{r:g}" for r in rungs)  # FLOPs as 1.2e+09, not 1200000000.0
+    assert f"compute budget (FLOPs) ({budget})" in (written.out_dir / "summary.md").read_text()
     csv = pd.read_csv(written.out_dir / "figures" / "ladder_smoke-cpu.csv")
     assert sorted(csv.metric.unique()) == ["FID (mnist)", "bits/dim"]
     for _, per_metric in csv.groupby("metric"):
