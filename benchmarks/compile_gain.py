@@ -75,7 +75,7 @@ def measure(name: str, first: int, block: int, rounds: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="vae,gan,flow,glow,pixelcnn,diffusion,transformer")
+    parser.add_argument("--models", default=",".join(sorted(models.MODELS)))  # every registered family
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--first", type=int, default=4, help="first compiled steps, holding the compile")
     parser.add_argument("--block", type=int, default=3, help="steps per timed block")

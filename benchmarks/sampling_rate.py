@@ -56,7 +56,7 @@ def sample_rate(model, mode: str, batch: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="vae,gan,flow,glow,pixelcnn,diffusion,transformer")
+    parser.add_argument("--models", default=",".join(sorted(models.MODELS)))  # every registered family
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=256, help="samples per call (quick evaluation's: 256)")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps")
